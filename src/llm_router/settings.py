@@ -1,0 +1,98 @@
+"""Configuration: one pydantic-settings class per process kind, read from ``LLM_ROUTER_*``.
+
+Every field is also a CLI flag (``cli.py`` derives the flags from these classes), so the
+environment and the command line can never drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def _split_keys(value: object) -> object:
+    if isinstance(value, str):
+        return [k.strip() for k in value.split(",") if k.strip()]
+    return value
+
+
+KeyList = Annotated[list[str], NoDecode]
+
+
+class RouterSettings(BaseSettings):
+    """Settings of one router replica (``llm-router serve``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_ROUTER_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss://, unix://, redis+sentinel://, redis+cluster://; "
+        "unset → embedded in-process store (one replica only)",
+    )
+    key_prefix: str = Field(default="llmr", description="fleet prefix, kept inside a hash tag")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8080, ge=1, le=65535, description="port to listen on")
+
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    node_timeout_s: float = Field(default=10.0, gt=0, le=86400)
+    node_forget_s: float = Field(default=86400.0, gt=0, description="forget offline nodes after")
+    queue_max: int = Field(default=256, ge=0, le=1_000_000)
+    queue_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    queue_ticket_ttl_s: float = Field(
+        default=3.0, gt=0, le=60, description="a waiter's ticket dies this long after its replica"
+    )
+    lease_ttl_s: float = Field(default=15.0, gt=0, le=3600)
+    exclusion_cooldown_s: float = Field(default=30.0, ge=0, le=86400)
+    max_attempts: int = Field(default=3, ge=1, le=16)
+    default_max_concurrency: int = Field(default=4, ge=1, le=100_000)
+    require_gpu: bool = False
+
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect to a node")
+    first_byte_timeout_s: float = Field(default=120.0, gt=0, description="wait for a node's headers")
+    idle_timeout_s: float = Field(default=120.0, gt=0, description="max gap between stream chunks")
+    redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    model_fetch_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    api_keys: KeyList = Field(default_factory=list, description="comma-separated, scope api")
+    node_keys: KeyList = Field(default_factory=list, description="comma-separated, scope node")
+    admin_keys: KeyList = Field(default_factory=list, description="comma-separated, scope admin")
+    auth_disabled: bool = Field(default=False, description="run with open scopes (development)")
+
+    log_level: str = Field(default="info")
+    access_log: bool = Field(default=False, description="per-request log lines (costs throughput)")
+
+    _split = field_validator("api_keys", "node_keys", "admin_keys", mode="before")(_split_keys)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_is_plain(cls, value: str) -> str:
+        if not _PREFIX_RE.match(value):
+            raise ValueError("key_prefix must be 1-64 characters of [A-Za-z0-9_.-]")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("log_level must be one of critical, error, warning, info, debug")
+        return level
+
+    @model_validator(mode="after")
+    def _timeouts_are_coherent(self) -> RouterSettings:
+        if self.node_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                "node_timeout_s must be greater than heartbeat_interval_s "
+                f"({self.node_timeout_s} <= {self.heartbeat_interval_s}): every node would flap"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url

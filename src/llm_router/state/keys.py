@@ -1,0 +1,83 @@
+"""Every Redis key of a fleet, built in one place.
+
+All keys start with the fleet prefix inside a hash tag (``{llmr}:...``) so that they share
+one Cluster slot and every multi-key script is valid on Redis Cluster. The Lua scripts
+receive the base (``{llmr}:``) as ``KEYS[1]``-adjacent ARGV and append the same suffixes
+as below; ``docs/redis-keys.md`` lists them for operators. A change here is a change to
+the Redis layout and must be mirrored in the scripts' suffix helpers and that document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "llmr"
+
+    @property
+    def base(self) -> str:
+        """``{prefix}:`` — what every key starts with; scripts get it as ARGV[1]."""
+        return f"{{{self.prefix}}}:"
+
+    def node(self, node_id: str) -> str:
+        """hash: the node record (registration + last heartbeat)."""
+        return f"{self.base}node:{node_id}"
+
+    @property
+    def nodes_alive(self) -> str:
+        """zset: node id → liveness deadline (ms since epoch, Redis clock)."""
+        return f"{self.base}nodes:alive"
+
+    @property
+    def nodes_index(self) -> str:
+        """hash: ``machine_name:runtime_port`` → node id."""
+        return f"{self.base}nodes:index"
+
+    def model_nodes(self, model: str) -> str:
+        """zset: node id → liveness deadline, for nodes that can execute ``model``."""
+        return f"{self.base}model:{model}:nodes"
+
+    def model_load(self, model: str) -> str:
+        """zset: node id → routing score (load first, then capability and latency)."""
+        return f"{self.base}model:{model}:load"
+
+    def model_rr(self, model: str) -> str:
+        """string: rotation counter used to break exact ties between equal nodes."""
+        return f"{self.base}model:{model}:rr"
+
+    @property
+    def models_known(self) -> str:
+        """zset: model id → last time (ms) any node advertised it, installed or executable."""
+        return f"{self.base}models:known"
+
+    def leases(self, node_id: str) -> str:
+        """zset: lease id → deadline (ms); one member per in-flight request on the node."""
+        return f"{self.base}leases:{node_id}"
+
+    def queue(self, model: str) -> str:
+        """zset: ticket → arrival (µs, Redis clock): the fleet-wide FIFO for ``model``."""
+        return f"{self.base}queue:{model}"
+
+    def queue_alive(self, model: str) -> str:
+        """zset: ticket → deadline (ms); a ticket whose waiter stopped renewing it is dead."""
+        return f"{self.base}queue:{model}:alive"
+
+    def excluded(self, node_id: str) -> str:
+        """zset: model → end of the node's cool-down for that model (ms)."""
+        return f"{self.base}excluded:{node_id}"
+
+    @property
+    def events(self) -> str:
+        """pub/sub channel: model ids whose capacity was freed (queue wake-ups)."""
+        return f"{self.base}events:capacity"
+
+    @property
+    def api_keys(self) -> str:
+        """hash: sha256(key) → JSON {scope, name, created}: keys managed in Redis."""
+        return f"{self.base}apikeys"
+
+    def rate(self, key_id: str) -> str:
+        """zset: per-key sliding window of request times (rate limits)."""
+        return f"{self.base}rate:{key_id}"
