@@ -53,7 +53,9 @@ class RouterSettings(BaseSettings):
     require_gpu: bool = False
 
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect to a node")
-    first_byte_timeout_s: float = Field(default=120.0, gt=0, description="wait for a node's headers")
+    first_byte_timeout_s: float = Field(
+        default=120.0, gt=0, description="wait for a node's headers"
+    )
     idle_timeout_s: float = Field(default=120.0, gt=0, description="max gap between stream chunks")
     redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=60)
     model_fetch_timeout_s: float = Field(default=5.0, gt=0, le=60)

@@ -2,7 +2,7 @@
 
 All keys start with the fleet prefix inside a hash tag (``{llmr}:...``) so that they share
 one Cluster slot and every multi-key script is valid on Redis Cluster. The Lua scripts
-receive the base (``{llmr}:``) as ``KEYS[1]``-adjacent ARGV and append the same suffixes
+receive the base (``{llmr}:``) as ``KEYS[1]`` and append the same suffixes
 as below; ``docs/redis-keys.md`` lists them for operators. A change here is a change to
 the Redis layout and must be mirrored in the scripts' suffix helpers and that document.
 """

@@ -1,0 +1,147 @@
+"""Open the fleet's state store from a URL.
+
+    redis://[user:pass@]host:port/db       plain Redis or Valkey
+    rediss://...                           the same over TLS
+    unix:///path/to/redis.sock?db=0        a local socket
+    redis+sentinel://[pass@]h1:26379,h2:26379/service[/db]
+                                           the current primary of a Sentinel-managed set
+    redis+cluster://h1:7000[,h2:7001]      Redis Cluster (every key shares the fleet's hash tag)
+    (none)                                 the embedded in-process store: fakeredis running
+                                           the same Lua scripts; one replica only
+
+Every command has a socket timeout, so an unreachable store surfaces as an error within
+that bound (the API turns it into 503 ``state_store_unavailable``) instead of a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio import Redis as PlainRedis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+
+log = logging.getLogger(__name__)
+
+
+class StoreUrlError(ValueError):
+    """The store URL cannot be used; the message says why."""
+
+
+@dataclass
+class Store:
+    """A command client plus what is needed for pub/sub on the same deployment."""
+
+    redis: Any
+    embedded: bool
+    description: str
+    _pubsub_client: Any = field(default=None, repr=False)
+
+    def pubsub_client(self) -> Any:
+        """A client whose ``pubsub()`` reaches the fleet's channel (cluster: any node)."""
+        return self._pubsub_client or self.redis
+
+    async def close(self) -> None:
+        if self._pubsub_client is not None and self._pubsub_client is not self.redis:
+            await self._pubsub_client.aclose()
+        await self.redis.aclose()
+
+
+def _client_options(timeout_s: float) -> dict[str, Any]:
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        # One quick retry rides over a dropped idle connection; more would only turn an
+        # outage into a longer wait before the 503.
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        "health_check_interval": 15,
+    }
+
+
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    hosts = []
+    for part in netloc.split(","):
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+        try:
+            hosts.append((host or part, int(port) if port else default_port))
+        except ValueError as exc:
+            raise StoreUrlError(f"bad port in store URL host {part!r}") from exc
+    return hosts
+
+
+def open_store(url: str | None, *, timeout_s: float = 2.0) -> Store:
+    if not url:
+        return _embedded()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix", "valkey", "valkeys"):
+        plain_url = url.replace("valkey", "redis", 1) if scheme.startswith("valkey") else url
+        client = PlainRedis.from_url(plain_url, **_client_options(timeout_s))
+        return Store(client, embedded=False, description=_redact(url))
+    if scheme == "redis+sentinel":
+        return _sentinel(url, timeout_s)
+    if scheme == "redis+cluster":
+        return _cluster(url, timeout_s)
+    raise StoreUrlError(
+        f"unsupported store URL scheme {scheme or url!r}: use redis://, rediss://, unix://, "
+        "redis+sentinel:// or redis+cluster://"
+    )
+
+
+def _embedded() -> Store:
+    import fakeredis  # imported lazily: a production replica never needs it
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    return Store(client, embedded=True, description="embedded in-process store")
+
+
+def _sentinel(url: str, timeout_s: float) -> Store:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    password = unquote(parts.password) if parts.password else None
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise StoreUrlError("redis+sentinel:// URL needs the service name: .../mymaster[/db]")
+    service = path[0]
+    db = int(path[1]) if len(path) > 1 else 0
+    options = _client_options(timeout_s)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        _hosts(netloc, 26379),
+        sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+        **options,
+    )
+    client = sentinel.master_for(service, db=db, password=password, **options)
+    return Store(client, embedded=False, description=f"sentinel service {service!r}")
+
+
+def _cluster(url: str, timeout_s: float) -> Store:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    password = unquote(parts.password) if parts.password else None
+    query = parse_qs(parts.query)
+    nodes = [ClusterNode(h, p) for h, p in _hosts(netloc, 6379)]
+    options = _client_options(timeout_s)
+    options.pop("health_check_interval")
+    client = RedisCluster(
+        startup_nodes=nodes,
+        password=password,
+        require_full_coverage="require_full_coverage" in query,
+        **options,
+    )
+    # Cluster PUBLISH reaches every node, so one plain connection to a seed node is enough
+    # to hear the fleet's events.
+    first_host, first_port = _hosts(netloc, 6379)[0]
+    sub = PlainRedis(host=first_host, port=first_port, password=password, **options)
+    return Store(client, embedded=False, description=_redact(url), _pubsub_client=sub)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url

@@ -1,0 +1,167 @@
+-- Shared helpers, prepended to every script by scripts.py.
+--
+-- KEYS[1]  the fleet base, e.g. "{llmr}:" — every key a script touches starts with it, so
+--          all of them hash to one Cluster slot and may be built inside the script.
+--
+-- Times are milliseconds since the epoch on the Redis clock (TIME), never a replica's.
+-- A node's routing score packs, most significant first:
+--   utilisation (in-flight / max_concurrency, 0..1e6)  * 1e7
+--   + capability gap (10000 - gpu_capability_score)     * 1e3
+--   + latency bucket (average response time / 100 ms, 0..999)
+-- so ZRANGE BYSCORE on model:<m>:load yields the least loaded, most capable, fastest node
+-- first, and every score >= FULL means "no free slot".
+
+local BASE = KEYS[1]
+local FULL = 1e13
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function k_node(id) return BASE .. 'node:' .. id end
+local function k_alive() return BASE .. 'nodes:alive' end
+local function k_index() return BASE .. 'nodes:index' end
+local function k_model_nodes(m) return BASE .. 'model:' .. m .. ':nodes' end
+local function k_model_load(m) return BASE .. 'model:' .. m .. ':load' end
+local function k_model_rr(m) return BASE .. 'model:' .. m .. ':rr' end
+local function k_known() return BASE .. 'models:known' end
+local function k_created() return BASE .. 'models:created' end
+local function k_leases(id) return BASE .. 'leases:' .. id end
+local function k_queue(m) return BASE .. 'queue:' .. m end
+local function k_queue_alive(m) return BASE .. 'queue:' .. m .. ':alive' end
+local function k_excluded(id) return BASE .. 'excluded:' .. id end
+local function k_events() return BASE .. 'events:capacity' end
+
+local function decode_list(raw)
+  if not raw then return {} end
+  local ok, value = pcall(cjson.decode, raw)
+  if ok and type(value) == 'table' then return value end
+  return {}
+end
+
+local function as_set(list)
+  local set = {}
+  for _, v in ipairs(list) do set[v] = true end
+  return set
+end
+
+-- Drop leases whose deadline passed (their replica died or stopped renewing) and count
+-- the rest: the node's true in-flight count.
+local function in_flight(id, now)
+  local key = k_leases(id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key)
+end
+
+local function routing_score(id, inflight)
+  local f = redis.call('HMGET', k_node(id), 'max_concurrency', 'gpu_capability_score',
+    'average_response_time_ms')
+  local maxc = tonumber(f[1]) or 1
+  if maxc < 1 then maxc = 1 end
+  local util = math.floor(math.min(inflight, maxc) * 1000000 / maxc)
+  local cap = math.floor(math.min(math.max(tonumber(f[2]) or 0, 0), 10000))
+  local lat = math.floor(math.min(math.max(tonumber(f[3]) or 0, 0), 99900) / 100)
+  return util * 1e7 + (10000 - cap) * 1e3 + lat, maxc
+end
+
+-- Is the node taking new requests for this model right now (ignoring capacity)?
+local function eligible(id, model, now)
+  local f = redis.call('HMGET', k_node(id), 'draining', 'initializing')
+  if f[1] == '1' or f[2] == '1' then return false end
+  local until_ms = redis.call('ZSCORE', k_excluded(id), model)
+  if until_ms and tonumber(until_ms) > now then return false end
+  return true
+end
+
+-- Rewrite the node's score in the load index of each model it already sits in.
+-- XX: membership is decided by sync_load_membership (heartbeat, drain, exclusion), not here.
+local function update_scores(id, score)
+  local models = decode_list(redis.call('HGET', k_node(id), 'executable_models'))
+  for _, m in ipairs(models) do
+    redis.call('ZADD', k_model_load(m), 'XX', score, id)
+  end
+end
+
+-- Put the node into (or take it out of) the load index of each of its models.
+local function sync_load_membership(id, now)
+  local models = decode_list(redis.call('HGET', k_node(id), 'executable_models'))
+  local score = routing_score(id, in_flight(id, now))
+  for _, m in ipairs(models) do
+    if eligible(id, m, now) then
+      redis.call('ZADD', k_model_load(m), score, id)
+    else
+      redis.call('ZREM', k_model_load(m), id)
+    end
+  end
+end
+
+-- Tell waiting replicas that capacity for these models may be free, but only for models
+-- somebody is queued on: the common, unqueued path publishes nothing.
+local function wake_queues(models)
+  for _, m in ipairs(models) do
+    if redis.call('EXISTS', k_queue(m)) == 1 then
+      redis.call('PUBLISH', k_events(), m)
+    end
+  end
+end
+
+local function node_models(id)
+  return decode_list(redis.call('HGET', k_node(id), 'executable_models'))
+end
+
+-- Record liveness and the executable set of a node. `new_json` is the set as the JSON list
+-- the replica sent (stored verbatim: cjson would turn an empty list into "{}"), nil keeps
+-- the stored set.
+local function refresh_liveness(id, now, alive_ttl, new_json, installed)
+  local deadline = now + alive_ttl
+  local old = node_models(id)
+  local new_models = nil
+  if new_json then
+    new_models = decode_list(new_json)
+    local keep = as_set(new_models)
+    for _, m in ipairs(old) do
+      if not keep[m] then
+        redis.call('ZREM', k_model_nodes(m), id)
+        redis.call('ZREM', k_model_load(m), id)
+      end
+    end
+    redis.call('HSET', k_node(id), 'executable_models', new_json)
+  else
+    new_models = old
+  end
+  redis.call('ZADD', k_alive(), deadline, id)
+  for _, m in ipairs(new_models) do
+    redis.call('ZADD', k_model_nodes(m), deadline, id)
+    redis.call('ZADD', k_known(), now, m)
+    redis.call('HSETNX', k_created(), m, math.floor(now / 1000))
+  end
+  for _, m in ipairs(installed or {}) do
+    redis.call('ZADD', k_known(), now, m)
+  end
+  sync_load_membership(id, now)
+end
+
+-- Remove every trace of a node except its leases, which expire on their own and whose
+-- holders release them harmlessly.
+local function forget_node(id)
+  local key = k_node(id)
+  local f = redis.call('HMGET', key, 'machine_name', 'runtime_port')
+  for _, m in ipairs(node_models(id)) do
+    redis.call('ZREM', k_model_nodes(m), id)
+    redis.call('ZREM', k_model_load(m), id)
+  end
+  if f[1] and f[2] then
+    local ident = f[1] .. ':' .. f[2]
+    if redis.call('HGET', k_index(), ident) == id then
+      redis.call('HDEL', k_index(), ident)
+    end
+  end
+  redis.call('ZREM', k_alive(), id)
+  redis.call('DEL', key, k_excluded(id))
+end

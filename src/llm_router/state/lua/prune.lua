@@ -1,0 +1,26 @@
+-- Forget what nobody has refreshed for a long time. Any replica may run it at any time:
+-- it is idempotent, and nothing depends on a particular replica being alive to clean up.
+--
+-- KEYS[1]  fleet base
+-- ARGV[1]  forget-after (ms): offline nodes and unadvertised models older than this go
+-- ARGV[2]  at most this many nodes are forgotten per call (bounds the script's run time)
+-- Returns {nodes_forgotten, models_forgotten}
+
+local now = now_ms()
+local horizon = now - tonumber(ARGV[1])
+local stale = redis.call('ZRANGE', k_alive(), '-inf', horizon, 'BYSCORE', 'LIMIT', 0,
+  tonumber(ARGV[2]))
+for _, id in ipairs(stale) do forget_node(id) end
+
+local models = redis.call('ZRANGE', k_known(), '-inf', horizon, 'BYSCORE', 'LIMIT', 0,
+  tonumber(ARGV[2]))
+for _, m in ipairs(models) do
+  -- Members of model:<m>:nodes are only left behind by forgotten nodes: drop them too.
+  redis.call('ZREMRANGEBYSCORE', k_model_nodes(m), '-inf', horizon)
+  if redis.call('ZCARD', k_model_nodes(m)) == 0 then
+    redis.call('ZREM', k_known(), m)
+    redis.call('HDEL', k_created(), m)
+    redis.call('DEL', k_model_nodes(m), k_model_load(m), k_model_rr(m))
+  end
+end
+return {#stale, #models}

@@ -1,0 +1,43 @@
+-- Register a node, or update it when (machine_name, runtime_port) is already known.
+--
+-- KEYS[1]  fleet base
+-- ARGV[1]  node id to use if this identity is new
+-- ARGV[2]  identity "machine_name:runtime_port"
+-- ARGV[3]  sha256 of the node's new token (the old token stops working)
+-- ARGV[4]  JSON object of record fields (strings) to store on the node hash
+-- ARGV[5]  JSON list of executable models
+-- ARGV[6]  JSON list of installed models
+-- ARGV[7]  liveness TTL (ms)
+-- Returns {"registered"|"updated", node_id}
+
+local ident = ARGV[2]
+local now = now_ms()
+local id = redis.call('HGET', k_index(), ident)
+local status = 'updated'
+if not id then
+  id = ARGV[1]
+  status = 'registered'
+  redis.call('HSET', k_index(), ident, id)
+  redis.call('HSET', k_node(id), 'registered_at', now)
+else
+  -- An agent restart lifts what the previous incarnation earned: exclusions and a drain.
+  redis.call('DEL', k_excluded(id))
+  redis.call('HDEL', k_node(id), 'draining')
+end
+
+local fields = cjson.decode(ARGV[4])
+local args = {}
+for name, value in pairs(fields) do
+  args[#args + 1] = name
+  args[#args + 1] = value
+end
+args[#args + 1] = 'id'
+args[#args + 1] = id
+args[#args + 1] = 'token_hash'
+args[#args + 1] = ARGV[3]
+args[#args + 1] = 'last_seen'
+args[#args + 1] = now
+redis.call('HSET', k_node(id), unpack(args))
+
+refresh_liveness(id, now, tonumber(ARGV[7]), ARGV[5], decode_list(ARGV[6]))
+return {status, id}

@@ -1,0 +1,297 @@
+"""The node registry: registration, heartbeats and the fleet's read views, over Redis.
+
+Writes go through one Lua script each (atomic, timed by the Redis clock); reads that only
+inform operators (lists, single records) are plain pipelined reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llm_router.errors import StateStoreUnavailable
+from llm_router.gpu import GpuBackend, infer_gpu_backend
+from llm_router.protocol import HeartbeatRequest, NodeStatus, RegisterRequest
+from llm_router.state.keys import Keys
+from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts, ModelEntry
+
+# Fields stored as JSON on the node hash; every other field is a plain string.
+_JSON_FIELDS = frozenset(
+    {"gpu_devices", "models", "executable_models", "loaded_models", "ready_models"}
+)
+_INT_FIELDS = frozenset(
+    {"runtime_port", "node_api_port", "gpu_count", "max_concurrency", "active_requests"}
+)
+_FLOAT_FIELDS = frozenset(
+    {
+        "cpu_usage",
+        "memory_usage",
+        "gpu_usage",
+        "gpu_memory_usage",
+        "gpu_memory_total_mb",
+        "gpu_memory_used_mb",
+        "gpu_temperature",
+        "gpu_capability_score",
+        "average_response_time_ms",
+    }
+)
+_BOOL_FIELDS = frozenset({"gpu_available", "initializing", "draining"})
+_TIME_FIELDS = frozenset({"registered_at", "last_seen"})
+_SECRET_FIELDS = frozenset({"token_hash"})
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "nt_" + secrets.token_urlsafe(32)
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _decode_field(name: str, raw: str) -> Any:
+    try:
+        if name in _JSON_FIELDS:
+            value = json.loads(raw)
+            # An empty Lua table encodes as {}: it is an empty list here.
+            return [] if value == {} else value
+        if name in _INT_FIELDS:
+            return int(float(raw))
+        if name in _FLOAT_FIELDS:
+            return float(raw)
+        if name in _BOOL_FIELDS:
+            return raw == "1"
+        if name in _TIME_FIELDS:
+            return int(raw) / 1000.0
+    except ValueError:
+        return raw
+    return raw
+
+
+@dataclass(frozen=True)
+class Registration:
+    node_id: str
+    created: bool
+    token: str
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Clocks (ms) and defaults the registry applies."""
+
+    alive_ttl_ms: int
+    forget_ms: int
+    default_max_concurrency: int = 4
+
+
+class NodeRegistry:
+    def __init__(
+        self, redis: Any, keys: Keys, scripts: FleetScripts, timing: RegistryConfig
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._scripts = scripts
+        self._timing = timing
+
+    async def register(
+        self,
+        request: RegisterRequest,
+        *,
+        executable_models: Sequence[str],
+        gpu_backend: str | None,
+    ) -> Registration:
+        """Store a node; ``executable_models`` and the backend are already resolved."""
+        backend = gpu_backend or request.gpu_backend or infer_gpu_backend(request.device_names())
+        installed = list(dict.fromkeys([*(request.models or []), *executable_models]))
+        gpu_available = request.gpu_available
+        if gpu_available is None:
+            gpu_available = bool(request.device_names())
+        fields: dict[str, Any] = {
+            "machine_name": request.machine_name,
+            "ip_address": str(request.ip_address),
+            "runtime_port": request.runtime_port,
+            "node_api_port": request.api_port,
+            "runtime_version": request.runtime_version or "",
+            "gpu_available": gpu_available,
+            "gpu_devices": [d.model_dump(exclude_none=True) for d in request.gpu_devices],
+            "gpu_count": request.gpu_count
+            if request.gpu_count is not None
+            else sum(d.count for d in request.gpu_devices),
+            "gpu_model": request.gpu_model or "",
+            "gpu_backend": str(backend),
+            "models": installed,
+            "max_concurrency": request.max_concurrency or self._timing.default_max_concurrency,
+            "initializing": False,
+        }
+        if request.gpu_capability_score is not None:
+            fields["gpu_capability_score"] = request.gpu_capability_score
+        token = new_token()
+        status, node_id = await self._scripts.register(
+            candidate_id=uuid.uuid4().hex,
+            identity=f"{request.machine_name}:{request.runtime_port}",
+            token_hash=hash_token(token),
+            fields={k: _encode(v) for k, v in fields.items()},
+            executable_models=list(dict.fromkeys(executable_models)),
+            models=installed,
+            alive_ttl_ms=self._timing.alive_ttl_ms,
+        )
+        return Registration(node_id=node_id, created=status == "registered", token=token)
+
+    async def heartbeat(
+        self, beat: HeartbeatRequest, token: str
+    ) -> Literal["ok", "not_found", "unauthorized"]:
+        fields: dict[str, Any] = dict(beat.metrics())
+        if beat.loaded_models is not None:
+            fields["loaded_models"] = beat.loaded_models
+        if beat.gpu_backend is not None:
+            fields["gpu_backend"] = beat.gpu_backend.value
+        if beat.initializing is not None:
+            fields["initializing"] = beat.initializing
+        if beat.max_concurrency is not None:
+            fields["max_concurrency"] = beat.max_concurrency
+        installed = None
+        if beat.models is not None:
+            installed = list(dict.fromkeys(beat.models))
+            fields["models"] = installed
+        executable = None
+        if beat.executable_models is not None:
+            executable = list(dict.fromkeys(beat.executable_models))
+        return await self._scripts.heartbeat(
+            node_id=beat.node_id,
+            token_hash=hash_token(token),
+            fields={k: _encode(v) for k, v in fields.items()},
+            executable_models=executable,
+            models=installed,
+            alive_ttl_ms=self._timing.alive_ttl_ms,
+        )
+
+    async def deregister(
+        self, node_id: str, token: str | None = None
+    ) -> Literal["ok", "not_found", "unauthorized"]:
+        return await self._scripts.deregister(node_id, hash_token(token) if token else "")
+
+    async def drain(self, node_id: str, *, draining: bool = True) -> bool:
+        return await self._scripts.drain(node_id, draining=draining)
+
+    async def prune(self) -> tuple[int, int]:
+        return await self._scripts.prune(forget_ms=self._timing.forget_ms)
+
+    async def list_models(self) -> list[ModelEntry]:
+        return await self._scripts.list_models(forget_ms=self._timing.forget_ms)
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def _now_ms(self) -> int:
+        seconds, micros = await self._guard(self._redis.time())
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def _guard(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except STORE_DOWN_ERRORS as exc:
+            raise StateStoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def _records(self, node_ids: Sequence[str], now_ms: int) -> list[dict[str, Any]]:
+        if not node_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.hgetall(self._keys.node(node_id))
+            pipe.zscore(self._keys.nodes_alive, node_id)
+            pipe.zcount(self._keys.leases(node_id), now_ms + 1, "+inf")
+            pipe.zrangebyscore(self._keys.excluded(node_id), now_ms + 1, "+inf", withscores=True)
+        raw = await self._guard(pipe.execute())
+        records = []
+        for i, _node_id in enumerate(node_ids):
+            fields, deadline, in_flight, excluded = raw[4 * i : 4 * i + 4]
+            if not fields:
+                continue
+            records.append(self._record(fields, deadline, in_flight, excluded, now_ms))
+        return records
+
+    def _record(
+        self,
+        fields: dict[Any, Any],
+        deadline: float | None,
+        in_flight: int,
+        excluded: list[tuple[Any, float]],
+        now_ms: int,
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for key, value in fields.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            if name in _SECRET_FIELDS:
+                continue
+            text = value.decode() if isinstance(value, bytes) else value
+            record[name] = _decode_field(name, text)
+        record.setdefault("executable_models", [])
+        record.setdefault("loaded_models", [])
+        record["draining"] = bool(record.get("draining", False))
+        record["in_flight"] = int(in_flight)
+        record["alive_until"] = (deadline or 0) / 1000.0
+        record["excluded_models"] = {
+            (m.decode() if isinstance(m, bytes) else m): until / 1000.0 for m, until in excluded
+        }
+        if deadline is None or deadline <= now_ms:
+            status = NodeStatus.OFFLINE
+        elif record["draining"]:
+            status = NodeStatus.DRAINING
+        elif record.get("initializing"):
+            status = NodeStatus.INITIALIZING
+        else:
+            status = NodeStatus.ONLINE
+        record["status"] = status.value
+        return record
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        now = await self._now_ms()
+        horizon = now - self._timing.forget_ms
+        raw_ids = await self._guard(
+            self._redis.zrangebyscore(self._keys.nodes_alive, horizon, "+inf")
+        )
+        ids = sorted(i.decode() if isinstance(i, bytes) else i for i in raw_ids)
+        return await self._records(ids, now)
+
+    async def get_node(self, node_id: str) -> dict[str, Any] | None:
+        now = await self._now_ms()
+        records = await self._records([node_id], now)
+        return records[0] if records else None
+
+    async def get_nodes_for_model(self, model: str) -> list[dict[str, Any]]:
+        """Live nodes that can take ``model`` now: not draining, initializing or excluded."""
+        now = await self._now_ms()
+        raw_ids = await self._guard(
+            self._redis.zrangebyscore(self._keys.model_nodes(model), now + 1, "+inf")
+        )
+        ids = sorted(i.decode() if isinstance(i, bytes) else i for i in raw_ids)
+        return [
+            r
+            for r in await self._records(ids, now)
+            if r["status"] == NodeStatus.ONLINE
+            and model in r["executable_models"]
+            and model not in r["excluded_models"]
+        ]
+
+
+def resolve_backend(request: RegisterRequest, reported: str | None) -> str:
+    """The backend to store: what the node said, else what its devices suggest."""
+    if request.gpu_backend is not None:
+        return request.gpu_backend.value
+    if reported:
+        try:
+            return GpuBackend(reported.lower()).value
+        except ValueError:
+            pass
+    return str(infer_gpu_backend(request.device_names()))

@@ -1,0 +1,232 @@
+"""The fleet's Lua scripts: loaded once from package files, called through typed wrappers.
+
+Every script is ``lib.lua`` (key builders, scoring, liveness helpers) followed by its own
+file; each file's header names its KEYS and ARGV. Scripts run with EVALSHA and fall back to
+loading on NOSCRIPT (a restarted or failed-over Redis), which redis-py's Script does.
+Redis errors are translated here, at the boundary, into ``StateStoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from redis import exceptions as redis_errors
+
+from llm_router.errors import StateStoreUnavailable
+from llm_router.state.keys import Keys
+
+SCRIPT_NAMES = (
+    "register",
+    "heartbeat",
+    "deregister",
+    "drain",
+    "prune",
+    "list_models",
+    "acquire",
+    "release",
+    "renew",
+    "leave_queue",
+)
+
+#: Errors that mean "the store is not there right now", as opposed to a bug in a script.
+STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.MasterDownError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _load_source(name: str) -> str:
+    lua = resources.files("llm_router.state") / "lua"
+    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Granted:
+    node_id: str
+    ip_address: str
+    port: int
+    in_flight: int
+    max_concurrency: int
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int
+    arrival_us: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: Literal["queue_full", "no_capable", "not_found"]
+    queue_length: int = 0
+
+
+AcquireResult = Granted | Queued | Refused
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    created: int
+    node_count: int
+    backends: list[str]
+
+
+class FleetScripts:
+    """Typed calls into the fleet's scripts; one instance per store connection."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._keys = keys
+        self._base = [keys.base]
+        self._scripts = {n: redis.register_script(_load_source(n)) for n in SCRIPT_NAMES}
+
+    async def _call(self, name: str, *args: str | int | float) -> Any:
+        try:
+            return await self._scripts[name](keys=self._base, args=list(args))
+        except STORE_DOWN_ERRORS as exc:
+            raise StateStoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def register(
+        self,
+        *,
+        candidate_id: str,
+        identity: str,
+        token_hash: str,
+        fields: dict[str, str],
+        executable_models: Sequence[str],
+        models: Sequence[str],
+        alive_ttl_ms: int,
+    ) -> tuple[str, str]:
+        status, node_id = await self._call(
+            "register",
+            candidate_id,
+            identity,
+            token_hash,
+            json.dumps(fields),
+            json.dumps(list(executable_models)),
+            json.dumps(list(models)),
+            alive_ttl_ms,
+        )
+        return _text(status), _text(node_id)
+
+    async def heartbeat(
+        self,
+        *,
+        node_id: str,
+        token_hash: str,
+        fields: dict[str, str],
+        executable_models: Sequence[str] | None,
+        models: Sequence[str] | None,
+        alive_ttl_ms: int,
+    ) -> Literal["ok", "not_found", "unauthorized"]:
+        result = await self._call(
+            "heartbeat",
+            node_id,
+            token_hash,
+            json.dumps(fields),
+            "" if executable_models is None else json.dumps(list(executable_models)),
+            "" if models is None else json.dumps(list(models)),
+            alive_ttl_ms,
+        )
+        status = _text(result[0])
+        assert status in ("ok", "not_found", "unauthorized")
+        return status  # type: ignore[return-value]
+
+    async def deregister(
+        self, node_id: str, token_hash: str = ""
+    ) -> Literal["ok", "not_found", "unauthorized"]:
+        status = _text((await self._call("deregister", node_id, token_hash))[0])
+        return status  # type: ignore[return-value]
+
+    async def drain(self, node_id: str, *, draining: bool) -> bool:
+        result = await self._call("drain", node_id, "1" if draining else "0")
+        return _text(result[0]) == "ok"
+
+    async def prune(self, *, forget_ms: int, batch: int = 100) -> tuple[int, int]:
+        nodes, models = await self._call("prune", forget_ms, batch)
+        return int(nodes), int(models)
+
+    async def list_models(self, *, forget_ms: int) -> list[ModelEntry]:
+        flat = await self._call("list_models", forget_ms)
+        entries = []
+        for i in range(0, len(flat), 4):
+            backends = json.loads(_text(flat[i + 3]))
+            entries.append(
+                ModelEntry(
+                    id=_text(flat[i]),
+                    created=int(flat[i + 1]),
+                    node_count=int(flat[i + 2]),
+                    backends=backends if isinstance(backends, list) else [],
+                )
+            )
+        return entries
+
+    async def acquire(
+        self,
+        *,
+        model: str,
+        lease_id: str,
+        lease_ttl_ms: int,
+        ticket: str,
+        queue_max: int,
+        ticket_ttl_ms: int,
+        forget_ms: int,
+    ) -> AcquireResult:
+        result = await self._call(
+            "acquire", model, lease_id, lease_ttl_ms, ticket, queue_max, ticket_ttl_ms, forget_ms
+        )
+        kind = _text(result[0])
+        if kind == "ok":
+            return Granted(
+                node_id=_text(result[1]),
+                ip_address=_text(result[2]),
+                port=int(result[3]),
+                in_flight=int(result[4]),
+                max_concurrency=int(result[5]),
+            )
+        if kind == "queued":
+            return Queued(position=int(result[1]), arrival_us=int(_text(result[2])))
+        if kind == "queue_full":
+            return Refused("queue_full", queue_length=int(result[1]))
+        if kind in ("no_capable", "not_found"):
+            return Refused(kind)  # type: ignore[arg-type]
+        raise RuntimeError(f"acquire script returned {result!r}")
+
+    async def release(
+        self, *, node_id: str, lease_id: str, exclude_model: str = "", cooldown_ms: int = 0
+    ) -> int:
+        return int(await self._call("release", node_id, lease_id, exclude_model, cooldown_ms))
+
+    async def renew(
+        self,
+        *,
+        lease_ttl_ms: int,
+        ticket_ttl_ms: int,
+        leases: Sequence[tuple[str, str]],
+        tickets: Sequence[tuple[str, str]],
+    ) -> tuple[int, int]:
+        args: list[str | int] = [lease_ttl_ms, ticket_ttl_ms, len(leases)]
+        for node_id, lease_id in leases:
+            args += [node_id, lease_id]
+        for model, ticket in tickets:
+            args += [model, ticket]
+        renewed_leases, renewed_tickets = await self._call("renew", *args)
+        return int(renewed_leases), int(renewed_tickets)
+
+    async def leave_queue(self, *, model: str, ticket: str) -> bool:
+        return bool(await self._call("leave_queue", model, ticket))
