@@ -80,21 +80,31 @@ async def send_error(
     await send_json(send, status, error_json(message, error_type, code, param))
 
 
-async def abort_connection(receive: Receive, send: Send) -> None:
-    """Close the client's connection without sending a byte.
+def abort_transport(send: Send) -> bool:
+    """Cut the client's TCP connection at once; False when the server does not allow it.
 
     ASGI has no message for this. Under uvicorn ``send`` is bound to the request cycle that
-    owns the transport, so we abort that and wait for the server to notice the disconnect
-    (then it sends nothing either). Anywhere else, raising makes the server end the
-    response as best it can.
+    owns the transport; aborting it is how a proxy tells its client "the upstream died"
+    without inventing a status code after the headers (or the first bytes) are gone.
     """
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is None or not hasattr(transport, "abort"):
-        raise ConnectionAbortedError("connection dropped on purpose")
+        return False
     transport.abort()
+    return True
+
+
+async def abort_connection(receive: Receive, send: Send) -> None:
+    """Close the connection without sending a byte, then wait for the server to notice.
+
+    Waiting for ``http.disconnect`` matters: a server that still thinks the client is
+    there would answer the unfinished response with a 500 of its own.
+    """
+    if not abort_transport(send):
+        raise StreamBroken("connection dropped on purpose")
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
 class StreamBroken(Exception):
-    """Raised inside a started response to make the server cut the connection."""
+    """Raised inside a response to make the server cut the connection."""

@@ -1,0 +1,305 @@
+"""The node-side OpenAI API: ``/v1/models`` for this backend, the rest proxied to the runtime.
+
+``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` are raw-ASGI routes:
+the body goes to the runtime byte-for-byte and the reply (SSE included) comes back chunk by
+chunk as the runtime produces it. A request counts in ``active_requests`` from the moment
+it is accepted until its last byte is sent or the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
+from litestar.handlers import asgi
+from litestar.response import Response
+
+from llm_router.node.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    abort_transport,
+    error_json,
+    read_body,
+    send_error,
+)
+from llm_router.node.state import NodeState
+
+log = logging.getLogger("llm_router.node")
+
+PROXIED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+# Sent on to the runtime. The client's Authorization is for the router, not the runtime.
+_FORWARD_REQUEST_HEADERS = frozenset({b"content-type", b"accept", b"x-request-id"})
+# Hop-by-hop, or set by our own server.
+_DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "date",
+        "server",
+    }
+)
+
+
+def model_of(body: bytes) -> tuple[str | None, str | None]:
+    """(model, None) or (None, why the body has no usable model)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, "request body must be a JSON object"
+    if not isinstance(data, dict):
+        return None, "request body must be a JSON object"
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        return None, "'model' is required and must be a non-empty string"
+    return model, None
+
+
+class RuntimeProxy:
+    """Forwards the OpenAI generation routes to the runtime without buffering."""
+
+    def __init__(
+        self,
+        runtime_url: str,
+        state: NodeState,
+        *,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.runtime_url = runtime_url.rstrip("/")
+        self.state = state
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        )
+        try:
+            yield
+        finally:
+            await self._session.close()
+            self._session = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_error(send, 405, "use POST", "invalid_request_error", "method_not_allowed")
+            return
+        try:
+            body = await read_body(receive, MAX_BODY_BYTES)
+        except BodyTooLarge:
+            await send_error(
+                send, 413, "request body too large", "invalid_request_error", "request_too_large"
+            )
+            return
+        except ClientGone:
+            return
+        model, problem = model_of(body)
+        if model is None:
+            await send_error(
+                send,
+                400,
+                problem or "bad body",
+                "invalid_request_error",
+                "invalid_request",
+                "model",
+            )
+            return
+        inventory = self.state.inventory
+        if not inventory.is_executable(model):
+            why = (
+                f"is installed but not executable on this node's {inventory.backend} backend"
+                if model in inventory.installed
+                else "is not served by this node"
+            )
+            await send_error(
+                send,
+                404,
+                f"model {model!r} {why}",
+                "invalid_request_error",
+                "model_not_found",
+                "model",
+            )
+            return
+        started = self.state.begin()
+        try:
+            await self._forward(scope, receive, send, body)
+        finally:
+            self.state.end(started)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+        gone = asyncio.Event()
+
+        async def watch_client() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch_client())
+        relay = asyncio.create_task(self._relay(scope, send, body, gone))
+        try:
+            await asyncio.wait({watcher, relay}, return_when=asyncio.FIRST_COMPLETED)
+            if not relay.done():
+                # The client left: stop reading, which also ends the runtime's work.
+                relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _relay(self, scope: Scope, send: Send, body: bytes, gone: asyncio.Event) -> None:
+        assert self._session is not None, "node API used outside its lifespan"
+        url = self.runtime_url + scope["path"]
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k in _FORWARD_REQUEST_HEADERS
+        }
+        try:
+            response = await self._session.post(url, data=body, headers=headers)
+        except aiohttp.ClientConnectorError as exc:
+            await send_error(
+                send,
+                502,
+                f"runtime unreachable at {self.runtime_url}: {exc.os_error}",
+                "upstream_error",
+                "runtime_unreachable",
+            )
+            return
+        except TimeoutError:
+            await send_error(
+                send, 504, "runtime did not answer in time", "timeout_error", "upstream_timeout"
+            )
+            return
+        except aiohttp.ClientError as exc:
+            # Connected, then the runtime hung up before a byte: be as transparent as we can.
+            log.warning("runtime dropped %s before responding: %s", scope["path"], exc)
+            await self._drop(send, gone)
+            return
+        async with response:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": [
+                        (k.lower(), v)
+                        for k, v in response.raw_headers
+                        if k.decode("latin-1").lower() not in _DROP_RESPONSE_HEADERS
+                    ],
+                }
+            )
+            try:
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("runtime failed mid-response on %s: %s", scope["path"], exc)
+                await self._drop(send, gone)
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _drop(send: Send, gone: asyncio.Event) -> None:
+        if not abort_transport(send):
+            raise ConnectionAbortedError("runtime failed; cutting the client connection")
+        # Let the server see the disconnect before we return, or it would answer a 500.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gone.wait(), 2.0)
+
+
+def models_payload(state: NodeState) -> dict[str, Any]:
+    inventory = state.inventory
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": model_id,
+                "object": "model",
+                "created": state.started_at,
+                "owned_by": state.machine_name,
+            }
+            for model_id in inventory.executable
+        ],
+        "gpu_backend": str(inventory.backend),
+    }
+
+
+def create_node_app(state: NodeState, proxy: RuntimeProxy) -> Litestar:
+    """The node API. ``state`` and ``proxy`` are shared with the agent's heartbeat."""
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "runtime_ready": state.runtime_ready,
+            "active_requests": state.active_requests,
+        }
+
+    @get("/v1/models", sync_to_thread=False)
+    def list_models() -> dict[str, Any]:
+        return models_payload(state)
+
+    @get("/v1/models/{model_id:path}", sync_to_thread=False)
+    def get_model(model_id: str) -> Response[dict[str, Any]]:
+        model_id = model_id.lstrip("/")
+        for entry in models_payload(state)["data"]:
+            if entry["id"] == model_id:
+                return Response(entry)
+        return Response(
+            error_json(
+                f"model {model_id!r} is not served by this node",
+                "invalid_request_error",
+                "model_not_found",
+                "model",
+            ),
+            status_code=404,
+        )
+
+    handlers: list[Any] = [healthz, list_models, get_model]
+    for path in PROXIED_PATHS:
+
+        @asgi(path, is_mount=False, copy_scope=False)
+        async def proxied(scope: Scope, receive: Receive, send: Send) -> None:
+            await proxy(scope, receive, send)
+
+        handlers.append(proxied)
+
+    def not_found(_request: Any, exc: NotFoundException) -> Response[dict[str, Any]]:
+        return Response(
+            error_json(exc.detail, "invalid_request_error", "not_found"), status_code=404
+        )
+
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[proxy.lifespan],
+        state=State({"node": state}),
+        openapi_config=None,
+        exception_handlers={NotFoundException: not_found},
+    )
+
+
+__all__ = ["PROXIED_PATHS", "RuntimeProxy", "create_node_app", "model_of"]
