@@ -1,0 +1,68 @@
+"""The only place the benchmarks touch the project's state layer.
+
+The micro-benchmarks call the fleet's real Lua scripts through ``FleetScripts`` and
+populate Redis through ``NodeRegistry.register`` (the path a registration takes), so
+their figures are the product's, not a stand-in's. If that API moves, this file moves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from llm_router.protocol import HeartbeatRequest, RegisterRequest
+from llm_router.state.keys import Keys
+from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
+from llm_router.state.scripts import FleetScripts, Granted
+
+ALIVE_TTL_MS = 3_600_000
+FORGET_MS = 86_400_000
+LEASE_TTL_MS = 60_000
+
+
+class Fleet:
+    def __init__(self, redis: Any, prefix: str = "llmr") -> None:
+        self.keys = Keys(prefix)
+        self.scripts = FleetScripts(redis, self.keys)
+        self.registry = NodeRegistry(
+            redis, self.keys, self.scripts, RegistryConfig(ALIVE_TTL_MS, FORGET_MS)
+        )
+
+    async def register(self, index: int, models: list[str], max_concurrency: int) -> Registration:
+        request = RegisterRequest(
+            machine_name=f"bench-node-{index:05d}",
+            ip_address="10.0.0.1",  # stored only; nothing connects to it
+            runtime_port=8000 + index % 50_000,
+            gpu_devices=[{"model": "NVIDIA GeForce RTX 4090", "count": 1, "memory": 24564}],
+            gpu_backend="cuda",
+            executable_models=models,
+            models=models,
+            max_concurrency=max_concurrency,
+            gpu_capability_score=8000,
+        )
+        return await self.registry.register(request, executable_models=models, gpu_backend="cuda")
+
+    async def heartbeat(self, node: Registration, models: list[str]) -> str:
+        beat = HeartbeatRequest(
+            node_id=node.node_id,
+            cpu_usage=12.5,
+            memory_usage=40.0,
+            active_requests=1,
+            gpu_usage=55.0,
+            gpu_memory_usage=70.0,
+            gpu_temperature=61.0,
+            average_response_time_ms=420.0,
+            executable_models=models,
+        )
+        return await self.registry.heartbeat(beat, node.token)
+
+    async def acquire(self, model: str) -> tuple[str, str] | None:
+        lease = uuid.uuid4().hex
+        result = await self.scripts.acquire(
+            model=model, lease_id=lease, lease_ttl_ms=LEASE_TTL_MS, ticket=uuid.uuid4().hex,
+            queue_max=256, ticket_ttl_ms=3000, forget_ms=FORGET_MS,
+        )
+        return (result.node_id, lease) if isinstance(result, Granted) else None
+
+    async def release(self, node_id: str, lease: str) -> None:
+        await self.scripts.release(node_id=node_id, lease_id=lease)

@@ -1,0 +1,186 @@
+"""Redis micro-benchmarks of the fleet's scripts, on a real redis-server.
+
+Server time per call comes from ``INFO commandstats`` (usec/calls of EVALSHA after a
+``CONFIG RESETSTAT``), client time from the caller's clock around each await. A naive
+scan (every capable node's leases counted on each pick) runs on the same data, to show
+what the load index saves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tests.benchmarks.fleet_adapter import Fleet
+from tests.benchmarks.loadgen import percentile
+
+MODEL = "bench-model"
+
+# The design this project avoids: scan every capable node and count its live leases.
+NAIVE_SELECT = """
+local base, model, lease, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', base .. 'model:' .. model .. ':nodes', now, '+inf')
+local best, best_count = nil, nil
+for _, id in ipairs(ids) do
+  local count = redis.call('ZCOUNT', base .. 'leases:' .. id, now, '+inf')
+  if best == nil or count < best_count then best, best_count = id, count end
+end
+if best then redis.call('ZADD', base .. 'leases:' .. best, now + ttl, lease) end
+return best
+"""
+
+
+@dataclass
+class CallStats:
+    calls: int
+    server_us: float
+    client_p50_us: float
+    client_p99_us: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def commandstats(redis: Redis) -> dict[str, tuple[int, float]]:
+    """command → (calls, total µs) since the last CONFIG RESETSTAT."""
+    info = await redis.info("commandstats")
+    out: dict[str, tuple[int, float]] = {}
+    for name, value in info.items():
+        if name.startswith("cmdstat_") and isinstance(value, dict):
+            out[name[len("cmdstat_"):]] = (int(value["calls"]), float(value["usec"]))
+    return out
+
+
+async def measure(
+    redis: Redis, call: Callable[[int], Awaitable[object]], *, calls: int, budget_s: float,
+    command: str = "evalsha",
+) -> CallStats:
+    await redis.config_resetstat()
+    latencies: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    for i in range(calls):
+        if time.perf_counter() > deadline:
+            break
+        start = time.perf_counter()
+        await call(i)
+        latencies.append((time.perf_counter() - start) * 1e6)
+    stats = (await commandstats(redis)).get(command, (0, 0.0))
+    return CallStats(
+        calls=len(latencies),
+        server_us=stats[1] / stats[0] if stats[0] else float("nan"),
+        client_p50_us=statistics.median(latencies) if latencies else float("nan"),
+        client_p99_us=percentile(latencies, 99),
+    )
+
+
+async def _populate(fleet: Fleet, count: int, models_of: Callable[[int], list[str]],
+                    max_concurrency: int) -> list[Any]:
+    registrations: list[Any] = []
+    batch = 64
+    for start in range(0, count, batch):
+        registrations += await asyncio.gather(*(
+            fleet.register(i, models_of(i), max_concurrency)
+            for i in range(start, min(start + batch, count))
+        ))
+    return registrations
+
+
+async def selection_cost(redis: Redis, sizes: list[int], calls: int,
+                         budget_s: float) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    naive = redis.register_script(NAIVE_SELECT)
+    for size in sizes:
+        await redis.flushall()
+        fleet = Fleet(redis)
+        await _populate(fleet, size, lambda _i: [MODEL], 100_000)
+        await fleet.acquire(MODEL)  # loads the scripts before the counters reset
+        granted: list[tuple[str, str]] = []
+
+        async def pick(_i: int) -> None:
+            got = await fleet.acquire(MODEL)
+            if got is None:
+                raise RuntimeError("acquire found no node; the benchmark fleet is broken")
+            granted.append(got)
+
+        acquire = await measure(redis, pick, calls=calls, budget_s=budget_s)
+
+        async def give_back(i: int) -> None:
+            await fleet.release(*granted[i])
+
+        release = await measure(redis, give_back, calls=len(granted), budget_s=budget_s)
+        await naive(keys=[fleet.keys.base], args=[MODEL, "warm", 60000])
+        scan = await measure(
+            redis,
+            lambda i: naive(keys=[fleet.keys.base], args=[MODEL, f"naive-{i}", 60000]),
+            calls=calls, budget_s=budget_s,
+        )
+        rows.append({"nodes": size, "acquire": acquire.as_dict(), "release": release.as_dict(),
+                     "naive_scan": scan.as_dict()})
+        print(f"  selection at {size:>6} nodes: acquire {acquire.server_us:7.1f} µs server, "
+              f"release {release.server_us:6.1f} µs, naive scan {scan.server_us:9.1f} µs",
+              flush=True)
+    return rows
+
+
+async def memory_per_node(redis: Redis, nodes: int, models_per_node: int = 20,
+                          pool: int = 100) -> dict[str, Any]:
+    await redis.flushall()
+    fleet = Fleet(redis)
+    await fleet.register(0, [MODEL], 4)  # fixed costs (script cache, shared keys) out of the delta
+    await redis.flushall()
+    before = int((await redis.info("memory"))["used_memory"])
+
+    def models_of(i: int) -> list[str]:
+        return [f"org/model-{(i * 7 + j) % pool}-Q4_K_M.gguf" for j in range(models_per_node)]
+
+    regs = await _populate(fleet, nodes, models_of, 8)
+    for i, reg in enumerate(regs):
+        await fleet.heartbeat(reg, models_of(i))
+    after = int((await redis.info("memory"))["used_memory"])
+    sample = await redis.memory_usage(fleet.keys.node(regs[0].node_id)) or 0
+    return {
+        "nodes": nodes,
+        "models_per_node": models_per_node,
+        "model_pool": pool,
+        "bytes_per_node": (after - before) / nodes,
+        "node_hash_bytes": int(sample),
+    }
+
+
+async def heartbeat_cost(redis: Redis, nodes: int, calls: int, budget_s: float) -> dict[str, Any]:
+    await redis.flushall()
+    fleet = Fleet(redis)
+    models = [f"org/model-{j}-Q4_K_M.gguf" for j in range(20)]
+    regs = await _populate(fleet, nodes, lambda _i: models, 8)
+    await fleet.heartbeat(regs[0], models)
+    stats = await measure(
+        redis, lambda i: fleet.heartbeat(regs[i % len(regs)], models), calls=calls,
+        budget_s=budget_s,
+    )
+    return {"nodes": nodes, "models_per_node": len(models), **stats.as_dict()}
+
+
+async def run_micro(port: int, *, sizes: list[int], calls: int, budget_s: float,
+                    memory_nodes: int) -> dict[str, Any]:
+    redis = Redis(host="127.0.0.1", port=port)
+    try:
+        result: dict[str, Any] = {}
+        result["selection"] = await selection_cost(redis, sizes, calls, budget_s)
+        result["heartbeat"] = await heartbeat_cost(redis, 1000, calls, budget_s)
+        print(f"  heartbeat script: {result['heartbeat']['server_us']:.1f} µs server",
+              flush=True)
+        result["memory"] = await memory_per_node(redis, memory_nodes)
+        print(f"  memory: {result['memory']['bytes_per_node']:.0f} B per node with 20 models",
+              flush=True)
+        return result
+    finally:
+        await redis.flushall()
+        await redis.aclose()
