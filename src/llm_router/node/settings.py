@@ -29,7 +29,7 @@ def _strip_url(value: str) -> str:
     return value
 
 
-class _AgentCommon(BaseSettings):
+class AgentSettings(BaseSettings):
     """Fields every node agent has, whatever runtime sits behind it."""
 
     model_config = SettingsConfigDict(env_prefix="LLM_ROUTER_", extra="ignore")
@@ -72,6 +72,12 @@ class _AgentCommon(BaseSettings):
         le=3600,
         description="on SIGTERM, wait at most this long for in-flight requests to finish",
     )
+    runtime_timeout_s: float = Field(
+        default=600.0, gt=0, description="longest gap a proxied runtime reply may take"
+    )
+    models_refresh_s: float = Field(
+        default=30.0, gt=0, description="how often the runtime's model list is re-read"
+    )
     log_level: str = Field(default="info", description="critical, error, warning, info, debug")
 
     _url = field_validator("router_url", mode="after")(_strip_url)
@@ -99,7 +105,7 @@ class _AgentCommon(BaseSettings):
         return self.host
 
 
-class NodeSettings(_AgentCommon):
+class NodeSettings(AgentSettings):
     """The node agent in front of a real runtime (llama.cpp, vLLM, Ollama, MLX server...)."""
 
     runtime_url: str = Field(description="base URL of the inference runtime on this machine")
@@ -108,12 +114,6 @@ class NodeSettings(_AgentCommon):
     )
     catalog: Path | None = Field(
         default=None, description="JSON or YAML model catalog (id, format, platforms)"
-    )
-    runtime_timeout_s: float = Field(
-        default=600.0, gt=0, description="longest a proxied runtime request may take"
-    )
-    models_refresh_s: float = Field(
-        default=30.0, gt=0, description="how often the runtime's model list is re-read"
     )
 
     _runtime_url = field_validator("runtime_url", mode="after")(_strip_url)
@@ -131,7 +131,7 @@ class FailMode(StrEnum):
 ModelIds = Annotated[list[str], NoDecode]
 
 
-class SimNodeSettings(_AgentCommon):
+class SimNodeSettings(AgentSettings):
     """A node agent in front of the built-in simulated runtime."""
 
     gpu_backend: GpuBackend = Field(

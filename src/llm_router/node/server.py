@@ -1,0 +1,60 @@
+"""Serving an ASGI app from inside an agent's own event loop, with the agent owning signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGTERM/SIGINT to its owner.
+
+    The agent must deregister and drain before the listener goes away, so it cannot let
+    uvicorn react to the signal first.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def make_server(app: Any, host: str, port: int, log_level: str = "warning") -> EmbeddedServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        server_header=False,
+        # Routers keep pooled connections; closing them early causes needless reconnects.
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
+    )
+    return EmbeddedServer(config)
+
+
+async def start_server(server: EmbeddedServer) -> asyncio.Task[None]:
+    """Start serving; return once the socket listens (raise if it cannot)."""
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            break
+        await asyncio.sleep(0.01)
+    if task.done():
+        with contextlib.suppress(SystemExit):
+            task.result()
+        config = server.config
+        raise OSError(f"could not listen on {config.host}:{config.port}")
+    return task
+
+
+async def stop_server(server: EmbeddedServer, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    with contextlib.suppress(SystemExit, asyncio.CancelledError):
+        await task
