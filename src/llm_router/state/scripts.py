@@ -57,6 +57,7 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Granted:
+    lease_id: str
     node_id: str
     ip_address: str
     port: int
@@ -193,6 +194,7 @@ class FleetScripts:
         kind = _text(result[0])
         if kind == "ok":
             return Granted(
+                lease_id=lease_id,
                 node_id=_text(result[1]),
                 ip_address=_text(result[2]),
                 port=int(result[3]),

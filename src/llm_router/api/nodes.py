@@ -1,0 +1,158 @@
+"""The node protocol (v0): registration, heartbeats, and the admin view of nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from litestar import Request, Response, delete, get, post
+
+from llm_router.api.body import validate
+from llm_router.auth import Scope
+from llm_router.errors import (
+    AuthError,
+    Forbidden,
+    InvalidRequest,
+    NodeModelsFetchFailed,
+    NodeNotFound,
+)
+from llm_router.fleet import Fleet
+from llm_router.protocol import MAX_MODELS_PER_NODE, HeartbeatRequest, RegisterRequest
+from llm_router.protocol import validate_model_id as check_model_id
+from llm_router.state.registry import resolve_backend
+
+
+def fleet_of(request: Request[Any, Any, Any]) -> Fleet:
+    fleet: Fleet = request.app.state.fleet
+    return fleet
+
+
+async def _fetch_node_models(fleet: Fleet, req: RegisterRequest) -> tuple[list[str], str | None]:
+    """Ask the node which models it serves (for agents that do not say at registration)."""
+    host = str(req.ip_address)
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{req.api_port}/v1/models"
+    try:
+        resp = await fleet.control_http.get(url)
+        resp.raise_for_status()
+        payload = resp.json()
+        entries = payload.get("data", []) if isinstance(payload, dict) else []
+        models = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    except (httpx.HTTPError, ValueError) as exc:
+        raise NodeModelsFetchFailed(
+            f"Could not list the node's models at {url}: {exc or type(exc).__name__}"
+        ) from exc
+    try:
+        for model in models:
+            check_model_id(model)
+    except ValueError as exc:
+        raise NodeModelsFetchFailed(f"The node at {url} listed an invalid model id: {exc}") from exc
+    if len(models) > MAX_MODELS_PER_NODE:
+        raise NodeModelsFetchFailed(f"The node at {url} listed more than {MAX_MODELS_PER_NODE}")
+    backend = payload.get("gpu_backend") if isinstance(payload, dict) else None
+    return models, backend if isinstance(backend, str) else None
+
+
+@post("/v0/nodes", status_code=201)
+async def register_node(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    fleet = fleet_of(request)
+    fleet.keyring.check(request.headers, Scope.NODE)
+    req = validate(RegisterRequest, await request.body())
+    if fleet.settings.require_gpu and (req.gpu_available is False or not req.device_names()):
+        raise Forbidden("This router only accepts nodes with a GPU (require_gpu is set)")
+    reported_backend = None
+    executable = req.executable_models
+    if executable is None:
+        executable, reported_backend = await _fetch_node_models(fleet, req)
+    registration = await fleet.registry.register(
+        req,
+        executable_models=executable,
+        gpu_backend=resolve_backend(req, reported_backend),
+    )
+    return Response(
+        {
+            "node_id": registration.node_id,
+            "status": "registered" if registration.created else "updated",
+            "node_api_port": req.api_port,
+            "node_token": registration.token,
+            "heartbeat_interval_s": fleet.settings.heartbeat_interval_s,
+        },
+        status_code=201 if registration.created else 200,
+    )
+
+
+@post("/v0/health", status_code=200)
+async def heartbeat(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    fleet = fleet_of(request)
+    token = request.headers.get("x-node-token")
+    if not token:
+        raise AuthError("Missing X-Node-Token header", param="X-Node-Token")
+    beat = validate(HeartbeatRequest, await request.body())
+    outcome = await fleet.registry.heartbeat(beat, token)
+    if outcome == "not_found":
+        raise NodeNotFound(f"Node '{beat.node_id}' is not registered; register again")
+    if outcome == "unauthorized":
+        raise AuthError("X-Node-Token does not belong to this node", param="X-Node-Token")
+    return {"status": "ok", "heartbeat_interval_s": fleet.settings.heartbeat_interval_s}
+
+
+@get("/v0/nodes")
+async def list_nodes(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    fleet = fleet_of(request)
+    fleet.keyring.check(request.headers, Scope.ADMIN)
+    return await fleet.registry.list_nodes()
+
+
+def _node_id(node_id: str) -> str:
+    if not node_id or len(node_id) > 64:
+        raise InvalidRequest("node id must be 1-64 characters", param="node_id")
+    return node_id
+
+
+@get("/v0/nodes/{node_id:str}")
+async def get_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+    fleet = fleet_of(request)
+    fleet.keyring.check(request.headers, Scope.ADMIN)
+    record = await fleet.registry.get_node(_node_id(node_id))
+    if record is None:
+        raise NodeNotFound(f"Node '{node_id}' not found")
+    return record
+
+
+@delete("/v0/nodes/{node_id:str}", status_code=200)
+async def delete_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+    fleet = fleet_of(request)
+    token = request.headers.get("x-node-token")
+    if token:
+        outcome = await fleet.registry.deregister(_node_id(node_id), token)
+        if outcome == "unauthorized":
+            raise Forbidden("A node may only remove itself")
+    else:
+        fleet.keyring.check(request.headers, Scope.ADMIN)
+        outcome = await fleet.registry.deregister(_node_id(node_id))
+    if outcome == "not_found":
+        raise NodeNotFound(f"Node '{node_id}' not found")
+    return {"node_id": node_id, "status": "removed"}
+
+
+async def _set_drain(
+    request: Request[Any, Any, Any], node_id: str, draining: bool
+) -> dict[str, Any]:
+    fleet = fleet_of(request)
+    fleet.keyring.check(request.headers, Scope.ADMIN)
+    if not await fleet.registry.drain(_node_id(node_id), draining=draining):
+        raise NodeNotFound(f"Node '{node_id}' not found")
+    return {"node_id": node_id, "status": "draining" if draining else "online"}
+
+
+@post("/v0/nodes/{node_id:str}/drain", status_code=200)
+async def drain_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+    return await _set_drain(request, node_id, True)
+
+
+@post("/v0/nodes/{node_id:str}/undrain", status_code=200)
+async def undrain_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+    return await _set_drain(request, node_id, False)
+
+
+HANDLERS = [register_node, heartbeat, list_nodes, get_node, delete_node, drain_node, undrain_node]

@@ -1,0 +1,111 @@
+"""The OpenAI-compatible surface: model listing and the proxied inference endpoints.
+
+Handlers stay thin: authenticate, read ``model`` from the body, hand over to the proxy.
+The body itself is forwarded as received (never re-serialised).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import orjson
+from litestar import Request, Response, get, post
+from litestar.response import Stream
+
+from llm_router.api.nodes import fleet_of
+from llm_router.auth import Scope
+from llm_router.errors import InvalidRequest, ModelNotFound
+from llm_router.protocol import validate_model_id
+from llm_router.state.scripts import ModelEntry
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def model_of(body: bytes) -> str:
+    if not body:
+        raise InvalidRequest("Request body is empty; expected a JSON object with 'model'")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidRequest("Request body must be a JSON object")
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    if not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model")
+    try:
+        return validate_model_id(model)
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid 'model': {exc}", param="model") from exc
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    given = request.headers.get("x-request-id")
+    if given and _REQUEST_ID_RE.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+async def _forward(request: Request[Any, Any, Any], path: str) -> Response[bytes] | Stream:
+    fleet = fleet_of(request)
+    fleet.keyring.check(request.headers, Scope.API)
+    body = await request.body()
+    return await fleet.proxy.forward(
+        path=path,
+        model=model_of(body),
+        body=body,
+        headers=request.headers,
+        request_id=request_id_of(request),
+    )
+
+
+@post("/v1/chat/completions")
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return await _forward(request, "/v1/chat/completions")
+
+
+@post("/v1/completions")
+async def completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return await _forward(request, "/v1/completions")
+
+
+@post("/v1/embeddings")
+async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return await _forward(request, "/v1/embeddings")
+
+
+def _model_object(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "object": "model",
+        "created": entry.created,
+        "owned_by": "llm-router",
+        "node_count": entry.node_count,
+        "backends": entry.backends,
+    }
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    fleet = fleet_of(request)
+    fleet.keyring.check(request.headers, Scope.API)
+    entries = await fleet.registry.list_models()
+    return {"object": "list", "data": [_model_object(e) for e in entries]}
+
+
+@get("/v1/models/{model_id:path}")
+async def get_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+    fleet = fleet_of(request)
+    fleet.keyring.check(request.headers, Scope.API)
+    wanted = model_id.lstrip("/")
+    for entry in await fleet.registry.list_models():
+        if entry.id == wanted:
+            return _model_object(entry)
+    raise ModelNotFound(f"The model '{wanted}' does not exist", param="model")
+
+
+HANDLERS = [chat_completions, completions, embeddings, list_models, get_model]

@@ -1,0 +1,75 @@
+"""Build the router's ASGI app: handlers, error mapping, and the replica's lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from llm_router import __version__
+from llm_router.api import nodes, openai, probes
+from llm_router.errors import RouterError, error_body
+from llm_router.fleet import Fleet
+from llm_router.settings import RouterSettings
+from llm_router.state.connect import Store
+
+log = logging.getLogger(__name__)
+
+_HTTP_ERROR_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+}
+
+
+def _router_error(_: Request[Any, Any, Any], exc: RouterError) -> Response[dict[str, Any]]:
+    return Response(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    error_type, code = _HTTP_ERROR_TYPES.get(status, ("server_error", "internal_error"))
+    message = exc.detail if status < 500 else "internal error"
+    return Response(error_body(message, error_type, code), status_code=status)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(error_body("internal error", "server_error", "internal_error"), status_code=500)
+
+
+def create_app(settings: RouterSettings, *, store: Store | None = None) -> Litestar:
+    fleet = Fleet.build(settings, store)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await fleet.start()
+        try:
+            yield
+        finally:
+            await fleet.stop()
+
+    app = Litestar(
+        route_handlers=[*nodes.HANDLERS, *openai.HANDLERS, *probes.HANDLERS],
+        exception_handlers={
+            RouterError: _router_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="llm-router", version=__version__, path="/schema"),
+        logging_config=None,
+        debug=False,
+    )
+    app.state.fleet = fleet
+    return app

@@ -1,0 +1,107 @@
+"""``llm-router``: serve | node | sim-node | demo | fleet.
+
+Flags are generated from the pydantic-settings classes, so every setting is both an
+environment variable (``LLM_ROUTER_<NAME>``) and a flag (``--<name>``), and the two cannot
+drift apart. A flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, get_args, get_origin
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from llm_router.settings import RouterSettings
+
+log = logging.getLogger("llm_router")
+
+
+def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], bool]:
+    """The argparse converter for a settings field, and whether it is a boolean switch."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    base = args[0] if get_origin(annotation) is not None and args else annotation
+    if base is bool:
+        return str, True
+    if base in (int, float):
+        return base, False
+    return str, False
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser, settings_cls: type[BaseSettings], *, skip: Sequence[str] = ()
+) -> None:
+    for name, field in settings_cls.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        convert, is_bool = _flag_type(field.annotation)
+        env = f"LLM_ROUTER_{name.upper()}"
+        help_text = f"{field.description or ''} [env {env}]".strip()
+        if is_bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=name, type=convert, default=None, help=help_text)
+
+
+def settings_from_args(settings_cls: type[Any], args: argparse.Namespace) -> Any:
+    overrides = {
+        name: getattr(args, name)
+        for name in settings_cls.model_fields
+        if getattr(args, name, None) is not None
+    }
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"  {loc}: {err['msg']}")
+        sys.stderr.write("llm-router: invalid configuration:\n" + "\n".join(lines) + "\n")
+        raise SystemExit(2) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llm_router.serve import serve
+
+    settings: RouterSettings = settings_from_args(RouterSettings, args)
+    _setup_logging(settings.log_level)
+    return serve(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-router",
+        description="OpenAI-compatible router for heterogeneous inference fleets",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = sub.add_parser("serve", help="run one router replica")
+    add_settings_flags(serve_parser, RouterSettings)
+    serve_parser.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""The agent's side of the node protocol (BRIEF §3): register, heartbeat, deregister.
+
+Registration retries with capped exponential backoff until a router answers; a heartbeat
+answered 404 (the router forgot us) or 401 (our token was replaced) leads straight back to
+registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from llm_router.node.detect import GpuInfo, GpuMetrics
+from llm_router.node.load import LoadSampler
+from llm_router.node.settings import AgentSettings
+from llm_router.node.state import NodeState
+
+log = logging.getLogger("llm_router.node")
+
+FIRST_RETRY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Registration:
+    node_id: str
+    token: str
+    heartbeat_interval_s: float
+    created: bool
+
+
+class RegistrationRejected(Exception):
+    """The router answered, but not with a registration (the message says why)."""
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        message = body["error"]["message"]
+        if isinstance(message, str):
+            return message
+    except (ValueError, KeyError, TypeError):
+        pass
+    return response.text[:300]
+
+
+def register_body(
+    settings: AgentSettings, state: NodeState, runtime_version: str | None = None
+) -> dict[str, Any]:
+    gpu: GpuInfo = state.gpu
+    inventory = state.inventory
+    body: dict[str, Any] = {
+        "machine_name": settings.machine_name,
+        "ip_address": settings.registered_ip,
+        "runtime_port": settings.runtime_port,
+        "node_api_port": settings.port,
+        "gpu_available": gpu.gpu_available,
+        "gpu_devices": [d.wire() for d in gpu.devices],
+        "gpu_count": gpu.gpu_count,
+        "gpu_backend": str(gpu.backend),
+        "executable_models": list(inventory.executable),
+        "models": inventory.installed,
+        "max_concurrency": settings.max_concurrency,
+    }
+    if gpu.gpu_model:
+        body["gpu_model"] = gpu.gpu_model
+    if gpu.capability_score is not None:
+        body["gpu_capability_score"] = gpu.capability_score
+    if runtime_version:
+        body["runtime_version"] = runtime_version
+    return body
+
+
+def heartbeat_body(
+    node_id: str,
+    settings: AgentSettings,
+    state: NodeState,
+    load: LoadSampler,
+    gpu_metrics: GpuMetrics | None,
+) -> dict[str, Any]:
+    inventory = state.inventory
+    executable = list(inventory.executable)
+    body: dict[str, Any] = {
+        "node_id": node_id,
+        "cpu_usage": load.cpu_percent(),
+        "memory_usage": load.memory_percent(),
+        "active_requests": state.active_requests,
+        "executable_models": executable,
+        "models": inventory.installed,
+        "gpu_backend": str(inventory.backend),
+        "initializing": not state.runtime_ready,
+        "ready_models": [len(executable), len(executable)],
+        "max_concurrency": settings.max_concurrency,
+    }
+    if state.average_response_time_ms is not None:
+        body["average_response_time_ms"] = round(state.average_response_time_ms, 3)
+    if state.gpu.gpu_model:
+        body["gpu_model_name"] = state.gpu.gpu_model
+    if state.gpu.compute_capability:
+        body["gpu_compute_capability"] = state.gpu.compute_capability
+    if state.gpu.capability_score is not None:
+        body["gpu_capability_score"] = state.gpu.capability_score
+    if gpu_metrics is not None:
+        body.update(gpu_metrics.wire())
+    return body
+
+
+class RouterClient:
+    """HTTP calls to the router's node API."""
+
+    def __init__(self, http: httpx.AsyncClient, router_url: str, node_key: str | None) -> None:
+        self.http = http
+        self.router_url = router_url.rstrip("/")
+        self.node_key = node_key
+
+    async def register(self, body: dict[str, Any]) -> Registration:
+        headers = {"Authorization": f"Bearer {self.node_key}"} if self.node_key else {}
+        response = await self.http.post(f"{self.router_url}/v0/nodes", json=body, headers=headers)
+        if response.status_code not in (200, 201):
+            raise RegistrationRejected(f"HTTP {response.status_code}: {_error_message(response)}")
+        data = response.json()
+        try:
+            return Registration(
+                node_id=str(data["node_id"]),
+                token=str(data["node_token"]),
+                heartbeat_interval_s=float(data.get("heartbeat_interval_s") or 0) or 5.0,
+                created=response.status_code == 201,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RegistrationRejected(f"unexpected registration reply: {data!r}") from exc
+
+    async def heartbeat(self, registration: Registration, body: dict[str, Any]) -> int:
+        response = await self.http.post(
+            f"{self.router_url}/v0/health",
+            json=body,
+            headers={"X-Node-Token": registration.token},
+        )
+        if response.status_code >= 400:
+            log.debug("heartbeat answered %s: %s", response.status_code, _error_message(response))
+        return response.status_code
+
+    async def deregister(self, registration: Registration) -> int:
+        response = await self.http.delete(
+            f"{self.router_url}/v0/nodes/{registration.node_id}",
+            headers={"X-Node-Token": registration.token},
+        )
+        return response.status_code
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep; True when ``stop`` was set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+class Heartbeat:
+    """Keeps this node registered and fresh in the router until told to stop."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        state: NodeState,
+        client: RouterClient,
+        *,
+        refresh_models: Callable[[], Awaitable[None]] | None = None,
+        read_gpu_metrics: Callable[[], Awaitable[GpuMetrics | None]] | None = None,
+        runtime_version: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.client = client
+        self.refresh_models = refresh_models
+        self.read_gpu_metrics = read_gpu_metrics
+        self.runtime_version = runtime_version
+        self.load = LoadSampler()
+        self.registration: Registration | None = None
+        self.registrations = 0
+        self.heartbeats_sent = 0
+
+    async def register_until_accepted(self, stop: asyncio.Event) -> Registration | None:
+        delay = FIRST_RETRY_S
+        last_problem = ""
+        while not stop.is_set():
+            try:
+                registration = await self.client.register(
+                    register_body(self.settings, self.state, self.runtime_version)
+                )
+            except (httpx.HTTPError, RegistrationRejected, ValueError) as exc:
+                problem = str(exc) or type(exc).__name__
+                if problem != last_problem:
+                    log.warning(
+                        "registration with %s failed (%s); retrying",
+                        self.client.router_url,
+                        problem,
+                    )
+                    last_problem = problem
+            else:
+                self.registration = registration
+                self.registrations += 1
+                log.info(
+                    "%s with %s as node %s (heartbeat every %.1fs)",
+                    "registered" if registration.created else "re-registered",
+                    self.client.router_url,
+                    registration.node_id,
+                    registration.heartbeat_interval_s,
+                )
+                return registration
+            if await _sleep_or_stop(stop, delay):
+                break
+            delay = min(delay * 2, self.settings.register_retry_max_s)
+        return None
+
+    async def beat(self) -> int:
+        assert self.registration is not None
+        metrics = await self.read_gpu_metrics() if self.read_gpu_metrics else None
+        body = heartbeat_body(
+            self.registration.node_id, self.settings, self.state, self.load, metrics
+        )
+        status = await self.client.heartbeat(self.registration, body)
+        self.heartbeats_sent += 1
+        return status
+
+    async def run(self, stop: asyncio.Event) -> None:
+        registration = await self.register_until_accepted(stop)
+        next_refresh = time.monotonic() + self.settings.models_refresh_s
+        while registration is not None and not stop.is_set():
+            if await _sleep_or_stop(stop, registration.heartbeat_interval_s):
+                return
+            if self.refresh_models is not None and time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + self.settings.models_refresh_s
+                await self.refresh_models()
+            try:
+                status = await self.beat()
+            except httpx.HTTPError as exc:
+                log.warning("heartbeat to %s failed: %s", self.client.router_url, exc)
+                continue
+            if status in (401, 404):
+                log.warning("router no longer knows this node (HTTP %s); re-registering", status)
+                registration = await self.register_until_accepted(stop)
+
+    async def deregister(self) -> None:
+        if self.registration is None:
+            return
+        try:
+            status = await self.client.deregister(self.registration)
+        except httpx.HTTPError as exc:
+            log.warning("could not deregister from %s: %s", self.client.router_url, exc)
+            return
+        log.info("deregistered node %s (HTTP %s)", self.registration.node_id, status)

@@ -1,0 +1,94 @@
+"""Wake-ups for requests waiting in the fleet-wide queue.
+
+The queue itself lives in Redis (``acquire.lua`` keeps the FIFO); this module only decides
+*when* a local waiter asks again. One pub/sub subscription per replica hears "capacity
+freed for model M" and wakes this replica's earliest waiter for M, which is the only one
+here that can be at the head. A bounded fallback poll covers lost messages, a pub/sub
+reconnect, and heads whose replica died (their tickets expire, nobody publishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(order=True)
+class Waiter:
+    arrival_us: int
+    ticket: str = field(compare=False)
+    model: str = field(compare=False)
+    wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
+
+
+class CapacityEvents:
+    """This replica's waiters, keyed by model, and the subscription that wakes them."""
+
+    def __init__(self, pubsub_client: Any, channel: str) -> None:
+        self._client = pubsub_client
+        self._channel = channel
+        self._waiters: dict[str, list[Waiter]] = defaultdict(list)
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, waiter: Waiter) -> None:
+        waiters = self._waiters[waiter.model]
+        waiters.append(waiter)
+        waiters.sort()
+
+    def remove(self, waiter: Waiter) -> None:
+        waiters = self._waiters.get(waiter.model)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[waiter.model]
+            else:
+                # The next local waiter may now be the head: let it look.
+                waiters[0].wake.set()
+
+    def tickets(self) -> list[tuple[str, str]]:
+        return [(w.model, w.ticket) for ws in self._waiters.values() for w in ws]
+
+    def waiting(self) -> int:
+        return sum(len(ws) for ws in self._waiters.values())
+
+    def notify(self, model: str) -> None:
+        waiters = self._waiters.get(model)
+        if waiters:
+            waiters[0].wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="capacity-events")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        data = message["data"]
+                        self.notify(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store went away: the fallback poll carries on
+                log.warning("capacity events: subscription lost (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

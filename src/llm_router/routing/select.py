@@ -1,0 +1,194 @@
+"""Acquire a lease on a capable node (waiting in the fleet-wide queue if needed), renew
+what this replica holds, release it when the request ends.
+
+The choice and the reservation are one Redis script (``acquire.lua``); this module adds
+the waiting, the mapping of refusals to errors, and the keep-alive of leases and tickets.
+The local dict of leases exists only to renew them: if this replica dies, Redis lets them
+expire on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from llm_router.errors import (
+    ModelNotFound,
+    NoCapableNodes,
+    QueueFull,
+    QueueTimeout,
+    RouterError,
+    ShuttingDown,
+)
+from llm_router.routing.queue import CapacityEvents, Waiter
+from llm_router.state.scripts import FleetScripts, Granted, Queued, Refused
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    lease_ttl_ms: int
+    queue_max: int
+    queue_timeout_s: float
+    ticket_ttl_ms: int
+    forget_ms: int
+    retry_after_s: float
+    poll_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: str
+    node_id: str
+    url: str
+    queued_ms: float | None
+
+
+class Dispatcher:
+    def __init__(self, scripts: FleetScripts, events: CapacityEvents, limits: Limits) -> None:
+        self._scripts = scripts
+        self._events = events
+        self._limits = limits
+        self._leases: dict[str, str] = {}
+        self._renewer: asyncio.Task[None] | None = None
+        self.closing = False
+
+    @property
+    def held(self) -> int:
+        return len(self._leases)
+
+    async def acquire(self, model: str) -> Lease:
+        if self.closing:
+            raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
+        ticket = uuid.uuid4().hex
+        result = await self._try(model, ticket)
+        if isinstance(result, Granted):
+            return self._hold(result, queued_ms=None)
+        if isinstance(result, Refused):
+            raise self._refusal(model, result)
+        return await self._wait(model, ticket, result)
+
+    async def _try(self, model: str, ticket: str) -> Granted | Queued | Refused:
+        return await self._scripts.acquire(
+            model=model,
+            lease_id=uuid.uuid4().hex,
+            lease_ttl_ms=self._limits.lease_ttl_ms,
+            ticket=ticket,
+            queue_max=self._limits.queue_max,
+            ticket_ttl_ms=self._limits.ticket_ttl_ms,
+            forget_ms=self._limits.forget_ms,
+        )
+
+    def _hold(self, granted: Granted, queued_ms: float | None) -> Lease:
+        lease = Lease(
+            lease_id=granted.lease_id,
+            node_id=granted.node_id,
+            url=f"http://{_host(granted.ip_address)}:{granted.port}",
+            queued_ms=queued_ms,
+        )
+        self._leases[lease.lease_id] = lease.node_id
+        return lease
+
+    def _refusal(self, model: str, refused: Refused) -> RouterError:
+        if refused.reason == "not_found":
+            return ModelNotFound(f"The model '{model}' does not exist", param="model")
+        if refused.reason == "queue_full":
+            return QueueFull(
+                f"Too many requests are queued for model '{model}' "
+                f"({refused.queue_length}); retry later",
+                retry_after_s=self._limits.retry_after_s,
+            )
+        return NoCapableNodes(
+            f"No online node can currently run model '{model}'",
+            retry_after_s=self._limits.retry_after_s,
+            param="model",
+        )
+
+    async def _wait(self, model: str, ticket: str, queued: Queued) -> Lease:
+        started = time.monotonic()
+        deadline = started + self._limits.queue_timeout_s
+        waiter = Waiter(arrival_us=queued.arrival_us, ticket=ticket, model=model)
+        self._events.add(waiter)
+        granted = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QueueTimeout(
+                        f"Timed out after {self._limits.queue_timeout_s:g}s waiting for a "
+                        f"free node for model '{model}'"
+                    )
+                if self.closing:
+                    raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, self._limits.poll_interval_s)):
+                        await waiter.wake.wait()
+                waiter.wake.clear()
+                result = await self._try(model, ticket)
+                if isinstance(result, Granted):
+                    granted = True
+                    return self._hold(result, (time.monotonic() - started) * 1000)
+                if isinstance(result, Refused):
+                    granted = True  # the script already took the ticket out
+                    raise self._refusal(model, result)
+        finally:
+            self._events.remove(waiter)
+            if not granted:
+                # Timeout, shutdown or the client went away: free our place at once. Shielded
+                # so that a cancelled request still leaves the queue.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._scripts.leave_queue(model=model, ticket=ticket))
+
+    async def release(self, lease: Lease, *, exclude_model: str = "", cooldown_ms: int = 0) -> None:
+        self._leases.pop(lease.lease_id, None)
+        try:
+            await self._scripts.release(
+                node_id=lease.node_id,
+                lease_id=lease.lease_id,
+                exclude_model=exclude_model,
+                cooldown_ms=cooldown_ms,
+            )
+        except RouterError as exc:
+            # The lease expires by itself; nothing is lost but a little capacity for a while.
+            log.warning("could not release lease %s on %s: %s", lease.lease_id, lease.node_id, exc)
+
+    # --- keep-alive -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewer")
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+
+    async def renew_once(self) -> None:
+        leases = [(node, lease) for lease, node in self._leases.items()]
+        tickets = self._events.tickets()
+        if leases or tickets:
+            await self._scripts.renew(
+                lease_ttl_ms=self._limits.lease_ttl_ms,
+                ticket_ttl_ms=self._limits.ticket_ttl_ms,
+                leases=leases,
+                tickets=tickets,
+            )
+
+    async def _renew_forever(self) -> None:
+        # A third of the shorter TTL: two renewals can fail before anything expires.
+        period = min(self._limits.lease_ttl_ms, self._limits.ticket_ttl_ms) / 3000
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.renew_once()
+            except Exception as exc:
+                log.warning("lease renewal failed: %s", exc)
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip

@@ -1,0 +1,49 @@
+"""Run one router replica on uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from llm_router.app import create_app
+from llm_router.auth import startup_problems
+from llm_router.settings import RouterSettings
+
+log = logging.getLogger("llm_router")
+
+_EMBEDDED_BANNER = """
+=====================================================================
+ llm-router is running on the EMBEDDED in-process store.
+ Fleet state lives in this process only: run ONE replica, and expect
+ it to be lost on restart. Set LLM_ROUTER_REDIS_URL for production.
+=====================================================================
+"""
+
+
+def serve(settings: RouterSettings) -> int:
+    problems = startup_problems(settings)
+    if problems:
+        for problem in problems:
+            sys.stderr.write(f"llm-router: refusing to start: {problem}\n")
+        return 2
+    if settings.embedded:
+        sys.stderr.write(_EMBEDDED_BANNER)
+    elif settings.auth_disabled:
+        log.warning("AUTHENTICATION IS DISABLED: any client may register nodes and administer")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0
