@@ -15,13 +15,15 @@ from llm_router.node.settings import NodeSettings
 
 def main() -> int:
     try:
-        settings = NodeSettings()  # type: ignore[call-arg]  # required fields come from env
+        settings = NodeSettings()
     except ValidationError as exc:
         print(f"invalid node settings:\n{exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per control-plane request would drown the agent's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return asyncio.run(run_node(settings))
     except CatalogError as exc:

@@ -298,6 +298,7 @@ def create_node_app(state: NodeState, proxy: RuntimeProxy) -> Litestar:
         lifespan=[proxy.lifespan],
         state=State({"node": state}),
         openapi_config=None,
+        logging_config=None,
         exception_handlers={NotFoundException: not_found},
     )
 

@@ -23,6 +23,7 @@ class EmbeddedServer(uvicorn.Server):
 
 
 def make_server(app: Any, host: str, port: int, log_level: str = "warning") -> EmbeddedServer:
+    """``log_level`` is the agent's; uvicorn's own chatter only shows at debug."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -30,7 +31,7 @@ def make_server(app: Any, host: str, port: int, log_level: str = "warning") -> E
         http="httptools",
         lifespan="on",
         access_log=False,
-        log_level=log_level,
+        log_level="debug" if log_level == "debug" else "warning",
         server_header=False,
         # Routers keep pooled connections; closing them early causes needless reconnects.
         timeout_keep_alive=75,

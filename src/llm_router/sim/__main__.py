@@ -21,6 +21,8 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per control-plane request would drown the agent's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return asyncio.run(run_sim_node(settings))
 
 
