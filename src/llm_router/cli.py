@@ -83,6 +83,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from llm_router.node.agent import run_node
+    from llm_router.node.catalog import CatalogError
+    from llm_router.node.settings import NodeSettings
+
+    settings = settings_from_args(NodeSettings, args)
+    _setup_logging(settings.log_level)
+    try:
+        return asyncio.run(run_node(settings))
+    except CatalogError as exc:
+        sys.stderr.write(f"llm-router node: {exc}\n")
+        return 2
+
+
+def cmd_sim_node(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from llm_router.node.catalog import CatalogError
+    from llm_router.node.settings import SimNodeSettings
+    from llm_router.sim.node import run_sim_node
+
+    settings = settings_from_args(SimNodeSettings, args)
+    _setup_logging(settings.log_level)
+    try:
+        return asyncio.run(run_sim_node(settings))
+    except CatalogError as exc:
+        sys.stderr.write(f"llm-router sim-node: {exc}\n")
+        return 2
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from llm_router.demo import run_demo
+
+    return run_demo(port=args.port, host=args.host)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-router",
@@ -93,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = sub.add_parser("serve", help="run one router replica")
     add_settings_flags(serve_parser, RouterSettings)
     serve_parser.set_defaults(func=cmd_serve)
+
+    from llm_router.node.settings import NodeSettings, SimNodeSettings
+
+    node_parser = sub.add_parser("node", help="run the node agent in front of a runtime")
+    add_settings_flags(node_parser, NodeSettings)
+    node_parser.set_defaults(func=cmd_node)
+
+    sim_parser = sub.add_parser("sim-node", help="run a node agent with a simulated runtime")
+    add_settings_flags(sim_parser, SimNodeSettings)
+    sim_parser.set_defaults(func=cmd_sim_node)
+
+    demo_parser = sub.add_parser(
+        "demo", help="router on the embedded store + three simulated nodes (metal, cuda, cpu)"
+    )
+    demo_parser.add_argument("--port", type=int, default=8080, help="router port")
+    demo_parser.add_argument("--host", default="127.0.0.1", help="router address (loopback)")
+    demo_parser.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up everything the tests need and run them: lint, types, the full default suite.
+# Installs redis-server with apt when it is missing (needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+# The tests start their own redis-server processes on free ports; a system service is not used.
+
+bash scripts/bootstrap.sh
+
+.venv/bin/ruff check src tests
+.venv/bin/mypy
+# pytest exits 5 when it collects nothing: that is a failure here, as any non-zero code is.
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
