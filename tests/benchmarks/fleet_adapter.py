@@ -59,8 +59,13 @@ class Fleet:
     async def acquire(self, model: str) -> tuple[str, str] | None:
         lease = uuid.uuid4().hex
         result = await self.scripts.acquire(
-            model=model, lease_id=lease, lease_ttl_ms=LEASE_TTL_MS, ticket=uuid.uuid4().hex,
-            queue_max=256, ticket_ttl_ms=3000, forget_ms=FORGET_MS,
+            model=model,
+            lease_id=lease,
+            lease_ttl_ms=LEASE_TTL_MS,
+            ticket=uuid.uuid4().hex,
+            queue_max=256,
+            ticket_ttl_ms=3000,
+            forget_ms=FORGET_MS,
         )
         return (result.node_id, lease) if isinstance(result, Granted) else None
 

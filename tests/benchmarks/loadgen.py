@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
-
 from tests.benchmarks.procs import pin_prefix
 
 _MARK = "BENCH_JSON "
@@ -81,17 +80,29 @@ def run_wrk(
 ) -> WrkResult:
     threads = max(1, min(threads, concurrency))
     argv = [
-        *pin_prefix(cpus), "wrk", "-t", str(threads), "-c", str(concurrency),
-        "-d", f"{max(1, round(duration_s))}s", "--timeout", f"{timeout_s:.0f}s", "-s", str(script),
+        *pin_prefix(cpus),
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{max(1, round(duration_s))}s",
+        "--timeout",
+        f"{timeout_s:.0f}s",
+        "-s",
+        str(script),
         url,
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60,
-                          check=False)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration_s + 60, check=False
+    )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith(_MARK)), None)
     if line is None:
-        raise RuntimeError(f"wrk produced no result (rc={done.returncode}): "
-                           f"{(done.stderr or done.stdout)[-300:]}")
-    data = json.loads(line[len(_MARK):])
+        raise RuntimeError(
+            f"wrk produced no result (rc={done.returncode}): {(done.stderr or done.stdout)[-300:]}"
+        )
+    data = json.loads(line[len(_MARK) :])
     duration = data["duration_us"] / 1e6
     errors = data["connect"] + data["read"] + data["write"] + data["status"] + data["timeout"]
     ok = max(data["requests"] - data["status"], 0)
@@ -163,8 +174,14 @@ async def _stream_worker(
         totals.append(total * 1000)
 
 
-async def _stream_run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
-                      duration_s: float, max_requests: int) -> StreamResult:
+async def _stream_run(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    duration_s: float,
+    max_requests: int,
+) -> StreamResult:
     timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.TCPConnector(limit=0)
     out: tuple[list[float], list[float], list[int]] = ([], [], [0])
@@ -177,10 +194,12 @@ async def _stream_run(url: str, body: bytes, headers: dict[str, str], concurrenc
                 await response.read()
                 response.release()
         deadline = time.perf_counter() + duration_s
-        await asyncio.gather(*(
-            _stream_worker(session, url, body, headers, deadline, budget, out)
-            for _ in range(concurrency)
-        ))
+        await asyncio.gather(
+            *(
+                _stream_worker(session, url, body, headers, deadline, budget, out)
+                for _ in range(concurrency)
+            )
+        )
     ttfbs, totals, errors = out
     return StreamResult(
         concurrency=concurrency,
@@ -193,6 +212,52 @@ async def _stream_run(url: str, body: bytes, headers: dict[str, str], concurrenc
     )
 
 
-def run_stream(url: str, body: bytes, headers: dict[str, str], *, concurrency: int,
-               duration_s: float, max_requests: int = 20_000) -> StreamResult:
+def run_stream(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int = 20_000,
+) -> StreamResult:
     return asyncio.run(_stream_run(url, body, headers, concurrency, duration_s, max_requests))
+
+
+async def _status_sample(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, total: int
+) -> dict[str, object]:
+    statuses: dict[int, int] = {}
+    first_error: list[str] = []
+    budget = [total]
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+    ) as session:
+
+        async def worker() -> None:
+            while budget[0] > 0:
+                budget[0] -= 1
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        text = await response.read()
+                        statuses[response.status] = statuses.get(response.status, 0) + 1
+                        if response.status >= 400 and not first_error:
+                            first_error.append(text[:300].decode(errors="replace"))
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    statuses[0] = statuses.get(0, 0) + 1
+                    if not first_error:
+                        first_error.append(f"{type(exc).__name__}: {exc}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "first_error": first_error[0] if first_error else None,
+    }
+
+
+def status_sample(
+    url: str, body: bytes, headers: dict[str, str], *, concurrency: int, total: int
+) -> dict[str, object]:
+    """Which statuses a target answers at this concurrency (run after wrk reported errors)."""
+    return asyncio.run(_status_sample(url, body, headers, concurrency, total))

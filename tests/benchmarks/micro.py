@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-
 from tests.benchmarks.fleet_adapter import Fleet
 from tests.benchmarks.loadgen import percentile
 
@@ -55,12 +54,16 @@ async def commandstats(redis: Redis) -> dict[str, tuple[int, float]]:
     out: dict[str, tuple[int, float]] = {}
     for name, value in info.items():
         if name.startswith("cmdstat_") and isinstance(value, dict):
-            out[name[len("cmdstat_"):]] = (int(value["calls"]), float(value["usec"]))
+            out[name[len("cmdstat_") :]] = (int(value["calls"]), float(value["usec"]))
     return out
 
 
 async def measure(
-    redis: Redis, call: Callable[[int], Awaitable[object]], *, calls: int, budget_s: float,
+    redis: Redis,
+    call: Callable[[int], Awaitable[object]],
+    *,
+    calls: int,
+    budget_s: float,
     command: str = "evalsha",
 ) -> CallStats:
     await redis.config_resetstat()
@@ -81,20 +84,54 @@ async def measure(
     )
 
 
-async def _populate(fleet: Fleet, count: int, models_of: Callable[[int], list[str]],
-                    max_concurrency: int) -> list[Any]:
+async def _populate(
+    fleet: Fleet, count: int, models_of: Callable[[int], list[str]], max_concurrency: int
+) -> list[Any]:
     registrations: list[Any] = []
     batch = 64
     for start in range(0, count, batch):
-        registrations += await asyncio.gather(*(
-            fleet.register(i, models_of(i), max_concurrency)
-            for i in range(start, min(start + batch, count))
-        ))
+        registrations += await asyncio.gather(
+            *(
+                fleet.register(i, models_of(i), max_concurrency)
+                for i in range(start, min(start + batch, count))
+            )
+        )
     return registrations
 
 
-async def selection_cost(redis: Redis, sizes: list[int], calls: int,
-                         budget_s: float) -> list[dict[str, Any]]:
+async def _acquire_release(
+    redis: Redis, fleet: Fleet, calls: int, budget_s: float
+) -> tuple[CallStats, CallStats]:
+    granted: list[tuple[str, str]] = []
+
+    async def pick(_i: int) -> None:
+        got = await fleet.acquire(MODEL)
+        if got is None:
+            raise RuntimeError("acquire found no node; the benchmark fleet is broken")
+        granted.append(got)
+
+    async def give_back(i: int) -> None:
+        await fleet.release(*granted[i])
+
+    acquire = await measure(redis, pick, calls=calls, budget_s=budget_s)
+    release = await measure(redis, give_back, calls=len(granted), budget_s=budget_s)
+    return acquire, release
+
+
+async def _naive_scan(
+    redis: Redis, naive: Any, base: str, calls: int, budget_s: float
+) -> CallStats:
+    await naive(keys=[base], args=[MODEL, "warm", 60000])
+
+    async def pick(i: int) -> None:
+        await naive(keys=[base], args=[MODEL, f"naive-{i}", 60000])
+
+    return await measure(redis, pick, calls=calls, budget_s=budget_s)
+
+
+async def selection_cost(
+    redis: Redis, sizes: list[int], calls: int, budget_s: float
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     naive = redis.register_script(NAIVE_SELECT)
     for size in sizes:
@@ -102,36 +139,27 @@ async def selection_cost(redis: Redis, sizes: list[int], calls: int,
         fleet = Fleet(redis)
         await _populate(fleet, size, lambda _i: [MODEL], 100_000)
         await fleet.acquire(MODEL)  # loads the scripts before the counters reset
-        granted: list[tuple[str, str]] = []
-
-        async def pick(_i: int) -> None:
-            got = await fleet.acquire(MODEL)
-            if got is None:
-                raise RuntimeError("acquire found no node; the benchmark fleet is broken")
-            granted.append(got)
-
-        acquire = await measure(redis, pick, calls=calls, budget_s=budget_s)
-
-        async def give_back(i: int) -> None:
-            await fleet.release(*granted[i])
-
-        release = await measure(redis, give_back, calls=len(granted), budget_s=budget_s)
-        await naive(keys=[fleet.keys.base], args=[MODEL, "warm", 60000])
-        scan = await measure(
-            redis,
-            lambda i: naive(keys=[fleet.keys.base], args=[MODEL, f"naive-{i}", 60000]),
-            calls=calls, budget_s=budget_s,
+        acquire, release = await _acquire_release(redis, fleet, calls, budget_s)
+        scan = await _naive_scan(redis, naive, fleet.keys.base, calls, budget_s)
+        rows.append(
+            {
+                "nodes": size,
+                "acquire": acquire.as_dict(),
+                "release": release.as_dict(),
+                "naive_scan": scan.as_dict(),
+            }
         )
-        rows.append({"nodes": size, "acquire": acquire.as_dict(), "release": release.as_dict(),
-                     "naive_scan": scan.as_dict()})
-        print(f"  selection at {size:>6} nodes: acquire {acquire.server_us:7.1f} µs server, "
-              f"release {release.server_us:6.1f} µs, naive scan {scan.server_us:9.1f} µs",
-              flush=True)
+        print(
+            f"  selection at {size:>6} nodes: acquire {acquire.server_us:7.1f} µs server, "
+            f"release {release.server_us:6.1f} µs, naive scan {scan.server_us:9.1f} µs",
+            flush=True,
+        )
     return rows
 
 
-async def memory_per_node(redis: Redis, nodes: int, models_per_node: int = 20,
-                          pool: int = 100) -> dict[str, Any]:
+async def memory_per_node(
+    redis: Redis, nodes: int, models_per_node: int = 20, pool: int = 100
+) -> dict[str, Any]:
     await redis.flushall()
     fleet = Fleet(redis)
     await fleet.register(0, [MODEL], 4)  # fixed costs (script cache, shared keys) out of the delta
@@ -162,24 +190,28 @@ async def heartbeat_cost(redis: Redis, nodes: int, calls: int, budget_s: float) 
     regs = await _populate(fleet, nodes, lambda _i: models, 8)
     await fleet.heartbeat(regs[0], models)
     stats = await measure(
-        redis, lambda i: fleet.heartbeat(regs[i % len(regs)], models), calls=calls,
+        redis,
+        lambda i: fleet.heartbeat(regs[i % len(regs)], models),
+        calls=calls,
         budget_s=budget_s,
     )
     return {"nodes": nodes, "models_per_node": len(models), **stats.as_dict()}
 
 
-async def run_micro(port: int, *, sizes: list[int], calls: int, budget_s: float,
-                    memory_nodes: int) -> dict[str, Any]:
+async def run_micro(
+    port: int, *, sizes: list[int], calls: int, budget_s: float, memory_nodes: int
+) -> dict[str, Any]:
     redis = Redis(host="127.0.0.1", port=port)
     try:
         result: dict[str, Any] = {}
         result["selection"] = await selection_cost(redis, sizes, calls, budget_s)
         result["heartbeat"] = await heartbeat_cost(redis, 1000, calls, budget_s)
-        print(f"  heartbeat script: {result['heartbeat']['server_us']:.1f} µs server",
-              flush=True)
+        print(f"  heartbeat script: {result['heartbeat']['server_us']:.1f} µs server", flush=True)
         result["memory"] = await memory_per_node(redis, memory_nodes)
-        print(f"  memory: {result['memory']['bytes_per_node']:.0f} B per node with 20 models",
-              flush=True)
+        print(
+            f"  memory: {result['memory']['bytes_per_node']:.0f} B per node with 20 models",
+            flush=True,
+        )
         return result
     finally:
         await redis.flushall()

@@ -86,10 +86,8 @@ class Proc:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         # The leader may be gone while its group lives on (forked workers).
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
@@ -158,8 +156,12 @@ def wait_port(proc: Proc, port: int, timeout_s: float) -> None:
 
 
 def wait_http_ok(
-    proc: Proc, url: str, timeout_s: float, *, json_body: object = None, headers: dict[str, str]
-    | None = None
+    proc: Proc,
+    url: str,
+    timeout_s: float,
+    *,
+    json_body: object = None,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     """Poll until ``url`` answers 2xx (POST when a body is given); the last error is reported."""
     deadline = time.monotonic() + timeout_s

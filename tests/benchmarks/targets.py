@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from tests.benchmarks.procs import (
     Proc,
     ProcessStack,
@@ -31,8 +30,15 @@ REPO = Path(__file__).resolve().parents[2]
 AUTH_KEY = "sk-bench"
 CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}]}
 
-UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
-                "warning"]
+UVICORN_FAST = [
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
 
 
 @dataclass
@@ -66,9 +72,20 @@ def start_upstream(stack: ProcessStack, cfg: Settings) -> tuple[Proc, int]:
     }
     proc = stack.start(
         "upstream",
-        [sys.executable, "-m", "uvicorn", "tests.benchmarks.upstream:app", "--host", "127.0.0.1",
-         "--port", str(port), *UVICORN_FAST],
-        cpus=cfg.server_cpus, env=env, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.benchmarks.upstream:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *UVICORN_FAST,
+        ],
+        cpus=cfg.server_cpus,
+        env=env,
+        cwd=REPO,
     )
     wait_port(proc, port, 20)
     return proc, port
@@ -116,14 +133,16 @@ http {{
     return path
 
 
-def _run_nginx(stack: ProcessStack, cfg: Settings, name: str, backends: list[int]) -> tuple[Proc,
-                                                                                            int]:
+def _run_nginx(
+    stack: ProcessStack, cfg: Settings, name: str, backends: list[int]
+) -> tuple[Proc, int]:
     tmp = cfg.work_dir / name
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = nginx_config(tmp, port, backends)
-    proc = stack.start(name, ["nginx", "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
-                       cpus=cfg.server_cpus)
+    proc = stack.start(
+        name, ["nginx", "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"], cpus=cfg.server_cpus
+    )
     wait_port(proc, port, 10)
     return proc, port
 
@@ -141,9 +160,20 @@ def start_bare_proxy(cfg: Settings, upstream_port: int) -> Iterator[Target]:
         port = free_port()
         proc = stack.start(
             "bare-proxy",
-            [sys.executable, "-m", "uvicorn", "tests.benchmarks.bare_proxy:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(port), *UVICORN_FAST],
-            cpus=cfg.server_cpus, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.benchmarks.bare_proxy:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *UVICORN_FAST,
+            ],
+            cpus=cfg.server_cpus,
+            cwd=REPO,
             env={"BENCH_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}"},
         )
         url = f"http://127.0.0.1:{port}"
@@ -158,8 +188,21 @@ def start_redis(stack: ProcessStack, cfg: Settings) -> tuple[Proc, int]:
     port = free_port()
     proc = stack.start(
         "redis",
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--protected-mode", "no", "--dir", str(cfg.work_dir)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            str(cfg.work_dir),
+        ],
         cpus=cfg.server_cpus,
     )
     wait_port(proc, port, 10)
@@ -170,22 +213,33 @@ def router_command() -> list[str]:
     exe = Path(sys.executable).with_name("llm-router")
     if not exe.exists():
         raise Unavailable("the llm-router command is not installed in this environment")
-    probe = subprocess.run([str(exe), "serve", "--help"], capture_output=True, timeout=30,
-                           check=False)
+    probe = subprocess.run(
+        [str(exe), "serve", "--help"], capture_output=True, timeout=30, check=False
+    )
     if probe.returncode != 0:
         tail = (probe.stderr or probe.stdout).decode(errors="replace").strip().splitlines()[-1:]
         raise Unavailable(f"llm-router serve is not runnable yet ({' '.join(tail)[:160]})")
     return [str(exe), "serve"]
 
 
-def _start_router(stack: ProcessStack, cfg: Settings, name: str, redis_port: int) -> tuple[Proc,
-                                                                                           int]:
+def _start_router(
+    stack: ProcessStack, cfg: Settings, name: str, redis_port: int
+) -> tuple[Proc, int]:
     port = free_port()
     proc = stack.start(
         name,
-        [*router_command(), "--redis-url", f"redis://127.0.0.1:{redis_port}/0",
-         "--host", "127.0.0.1", "--port", str(port), "--auth-disabled"],
-        cpus=cfg.server_cpus, cwd=REPO,
+        [
+            *router_command(),
+            "--redis-url",
+            f"redis://127.0.0.1:{redis_port}/0",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--auth-disabled",
+        ],
+        cpus=cfg.server_cpus,
+        cwd=REPO,
         env={"LLM_ROUTER_LOG_LEVEL": "warning"},
     )
     wait_http_ok(proc, f"http://127.0.0.1:{port}/healthz", 30)
@@ -216,8 +270,9 @@ class Heartbeater:
     def register(self, client: httpx.Client) -> None:
         response = client.post(f"{self.router_url}/v0/nodes", json=self.registration)
         if response.status_code not in (200, 201):
-            raise Unavailable(f"node registration failed: HTTP {response.status_code} "
-                              f"{response.text[:200]}")
+            raise Unavailable(
+                f"node registration failed: HTTP {response.status_code} {response.text[:200]}"
+            )
         data = response.json()
         self.node_id, self._token = data["node_id"], data["node_token"]
         self.interval_s = float(data.get("heartbeat_interval_s", 5.0))
@@ -266,8 +321,9 @@ def start_router(cfg: Settings, upstream_port: int, replicas: int) -> Iterator[T
         beat.start()
         try:
             wait_http_ok(procs[0], f"{url}/v1/chat/completions", 20, json_body=CHAT_BODY)
-            yield Target(name, url, procs, redis_port=redis_port, redis_proc=redis_proc,
-                         notes=beat.errors)
+            yield Target(
+                name, url, procs, redis_port=redis_port, redis_proc=redis_proc, notes=beat.errors
+            )
         finally:
             beat.stop()
 
@@ -292,10 +348,15 @@ def litellm_executable(cfg: Settings) -> Path:
         raise Unavailable(f"LiteLLM is not installed in {venv} (run without --no-install)")
     print(f"installing LiteLLM into {venv} (once; may take minutes)...", flush=True)
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120,
-                       capture_output=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
-                       check=True, timeout=900, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, capture_output=True
+        )
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+            check=True,
+            timeout=900,
+            capture_output=True,
+        )
     except (subprocess.SubprocessError, OSError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         last = detail.decode(errors="replace").strip().splitlines()[-1:] if detail else []
@@ -329,14 +390,35 @@ general_settings:
         port = free_port()
         proc = stack.start(
             "litellm",
-            [str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
-             "--num_workers", "1"],
-            cpus=cfg.server_cpus, cwd=tmp, env=LITELLM_ENV,
+            [
+                str(exe),
+                "--config",
+                str(conf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+            ],
+            cpus=cfg.server_cpus,
+            cwd=tmp,
+            env=LITELLM_ENV,
         )
         url = f"http://127.0.0.1:{port}"
-        wait_http_ok(proc, f"{url}/v1/chat/completions", 180, json_body=CHAT_BODY,
-                     headers={"Authorization": f"Bearer {AUTH_KEY}"})
-        version = subprocess.run([str(exe.with_name("pip")), "show", "litellm"],
-                                 capture_output=True, text=True, timeout=60, check=False)
+        wait_http_ok(
+            proc,
+            f"{url}/v1/chat/completions",
+            180,
+            json_body=CHAT_BODY,
+            headers={"Authorization": f"Bearer {AUTH_KEY}"},
+        )
+        version = subprocess.run(
+            [str(exe.with_name("pip")), "show", "litellm"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         notes = [line for line in version.stdout.splitlines() if line.startswith("Version:")]
         yield Target("litellm", url, [proc], notes=notes)

@@ -41,7 +41,10 @@ _COMPLETION = json.dumps(
 ).encode()
 
 _MODELS = json.dumps(
-    {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]},
+    {
+        "object": "list",
+        "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}],
+    },
     separators=(",", ":"),
 ).encode()
 
