@@ -1,0 +1,125 @@
+"""Every key the scripts and the registry write is one that ``Keys`` builds.
+
+The scenario runs on a database of its own (a fresh embedded store, or an emptied database
+of the session's redis-server), so every key found afterwards was made by it: a key outside
+the fleet prefix or outside the documented scheme fails the test by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from contract.fleet import Fleet, sleep_ms
+from llm_router.state.connect import Store, open_store
+from llm_router.state.keys import Keys
+from llm_router.state.registry import NodeRegistry, RegistryConfig
+from llm_router.state.scripts import FleetScripts, Granted, Queued
+from redis_server import RedisServer
+
+#: A database no other test uses; emptied before the scenario.
+LAYOUT_DB = 9
+
+MODELS = ["llama3:8b", "org/mistral-7b.gguf", "phi-3-mlx", "never-asked"]
+INSTALLED_ONLY = "weights-awq"
+
+
+@pytest.fixture
+async def isolated_fleet(store_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Fleet]:
+    if store_kind == "real":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store: Store = open_store(server.url_for_db(LAYOUT_DB))
+        await store.redis.flushdb()
+    else:
+        store = open_store(None)
+    keys = Keys(prefix="layout")
+    scripts = FleetScripts(store.redis, keys)
+    config = RegistryConfig(alive_ttl_ms=30_000, forget_ms=600_000, default_max_concurrency=2)
+    try:
+        yield Fleet(store, keys, scripts, NodeRegistry(store.redis, keys, scripts, config), config)
+    finally:
+        await store.redis.flushdb()
+        await store.close()
+
+
+def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[str]:
+    out = {keys.nodes_alive, keys.nodes_index, keys.models_known, keys.api_keys}
+    for node_id in node_ids:
+        out |= {keys.node(node_id), keys.leases(node_id), keys.excluded(node_id)}
+    for model in models:
+        out |= {
+            keys.model_nodes(model),
+            keys.model_load(model),
+            keys.model_rr(model),
+            keys.queue(model),
+            keys.queue_alive(model),
+        }
+    return out
+
+
+async def _scenario(fleet: Fleet) -> tuple[list[str], list[str]]:
+    """Touch every write path once; return the node ids and models involved."""
+    short = fleet.with_timing(alive_ttl_ms=100, forget_ms=200)
+    a = await fleet.register("mac", MODELS[:3], installed=[*MODELS[:3], INSTALLED_ONLY])
+    b = await fleet.register("nv", MODELS[:2], max_concurrency=1, backend=None)
+    gone = await fleet.register("gone", [MODELS[3]], registry=short)
+    await fleet.heartbeat(
+        a, executable_models=MODELS[:3], models=[*MODELS[:3], INSTALLED_ONLY], cpu_usage=5
+    )
+    await fleet.heartbeat(b, gpu_capability_score=8000, ready_models=[1, 2])
+
+    # Fill both nodes for the first model, queue two waiters, renew, leave, release.
+    leases = [await fleet.lease(MODELS[0]) for _ in range(3)]
+    assert isinstance(await fleet.acquire(MODELS[0], ticket="w1"), Queued)
+    await fleet.acquire(MODELS[0], ticket="w2")
+    await fleet.scripts.renew(
+        lease_ttl_ms=30_000,
+        ticket_ttl_ms=30_000,
+        leases=[(le.node_id, le.lease_id) for le in leases],
+        tickets=[(MODELS[0], "w1"), (MODELS[0], "w2")],
+    )
+    await fleet.scripts.leave_queue(model=MODELS[0], ticket="w2")
+    await fleet.release(leases[0], exclude_model=MODELS[0], cooldown_ms=50)
+    for lease in leases[1:]:
+        await fleet.release(lease)
+    assert isinstance(await fleet.acquire(MODELS[0], ticket="w1"), Granted)
+    # Equal nodes for a model exercise the rotation counter.
+    for _ in range(3):
+        await fleet.release(await fleet.lease(MODELS[1]))
+
+    await fleet.registry.drain(b.node_id)
+    await fleet.registry.drain(b.node_id, draining=False)
+    await fleet.acquire(INSTALLED_ONLY)
+    await fleet.acquire("nobody-has-this")
+    await fleet.registry.list_models()
+    await fleet.registry.list_nodes()
+    await fleet.registry.get_nodes_for_model(MODELS[0])
+    await sleep_ms(350)
+    assert (await short.prune())[0] == 1
+    await fleet.registry.deregister(a.node_id)
+    await fleet.register("mac", MODELS[:1])
+    return [a.node_id, b.node_id, gone.node_id], [
+        *MODELS,
+        INSTALLED_ONLY,
+        "nobody-has-this",
+    ]
+
+
+async def test_every_key_is_in_the_fleet_scheme(isolated_fleet: Fleet) -> None:
+    fleet = isolated_fleet
+    node_ids, models = await _scenario(fleet)
+    found = {
+        k.decode() if isinstance(k, bytes) else k async for k in fleet.redis.scan_iter(match="*")
+    }
+    assert len(found) > 10, f"the scenario wrote too little to judge: {sorted(found)}"
+    outside = sorted(k for k in found if not k.startswith(fleet.keys.base))
+    assert outside == [], "keys outside the fleet's hash tag"
+
+    # The re-registered "mac" got a new id: take it from the index.
+    node_ids += [
+        v.decode() if isinstance(v, bytes) else v
+        for v in await fleet.redis.hvals(fleet.keys.nodes_index)
+    ]
+    unexplained = sorted(found - _possible_keys(fleet.keys, node_ids, models))
+    assert unexplained == [], "keys built outside state/keys.py"
