@@ -14,12 +14,12 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
-from litestar.handlers import asgi
 from litestar.response import Response
 
 from llm_router.node.asgi import (
@@ -32,6 +32,7 @@ from llm_router.node.asgi import (
     error_json,
     read_body,
     send_error,
+    send_json,
 )
 from llm_router.node.state import NodeState
 
@@ -248,7 +249,46 @@ def models_payload(state: NodeState) -> dict[str, Any]:
     }
 
 
-def create_node_app(state: NodeState, proxy: RuntimeProxy) -> Litestar:
+class NodeAPI:
+    """The node API's ASGI entry point.
+
+    The proxied routes are dispatched here, before Litestar: they need the server's own
+    ``send`` (to cut a connection when the runtime dies) and gain nothing from a framework.
+    Everything else, lifespan included, is the Litestar app's.
+    """
+
+    def __init__(self, app: Litestar, proxy: RuntimeProxy, state: NodeState) -> None:
+        self.app = app
+        self.proxy = proxy
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in PROXIED_PATHS:
+                await self.proxy(scope, receive, send)
+                return
+            if path.startswith("/v1/models/") and scope["method"] == "GET":
+                await self._one_model(unquote(path[len("/v1/models/") :]), send)
+                return
+        await self.app(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _one_model(self, model_id: str, send: Send) -> None:
+        for entry in models_payload(self.state)["data"]:
+            if entry["id"] == model_id:
+                await send_json(send, 200, entry)
+                return
+        await send_error(
+            send,
+            404,
+            f"model {model_id!r} is not served by this node",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
+
+
+def create_node_app(state: NodeState, proxy: RuntimeProxy) -> NodeAPI:
     """The node API. ``state`` and ``proxy`` are shared with the agent's heartbeat."""
 
     @get("/healthz", sync_to_thread=False)
@@ -263,44 +303,20 @@ def create_node_app(state: NodeState, proxy: RuntimeProxy) -> Litestar:
     def list_models() -> dict[str, Any]:
         return models_payload(state)
 
-    @get("/v1/models/{model_id:path}", sync_to_thread=False)
-    def get_model(model_id: str) -> Response[dict[str, Any]]:
-        model_id = model_id.lstrip("/")
-        for entry in models_payload(state)["data"]:
-            if entry["id"] == model_id:
-                return Response(entry)
-        return Response(
-            error_json(
-                f"model {model_id!r} is not served by this node",
-                "invalid_request_error",
-                "model_not_found",
-                "model",
-            ),
-            status_code=404,
-        )
-
-    handlers: list[Any] = [healthz, list_models, get_model]
-    for path in PROXIED_PATHS:
-
-        @asgi(path, is_mount=False, copy_scope=False)
-        async def proxied(scope: Scope, receive: Receive, send: Send) -> None:
-            await proxy(scope, receive, send)
-
-        handlers.append(proxied)
-
     def not_found(_request: Any, exc: NotFoundException) -> Response[dict[str, Any]]:
         return Response(
             error_json(exc.detail, "invalid_request_error", "not_found"), status_code=404
         )
 
-    return Litestar(
-        route_handlers=handlers,
+    app = Litestar(
+        route_handlers=[healthz, list_models],
         lifespan=[proxy.lifespan],
         state=State({"node": state}),
         openapi_config=None,
         logging_config=None,
         exception_handlers={NotFoundException: not_found},
     )
+    return NodeAPI(app, proxy, state)
 
 
-__all__ = ["PROXIED_PATHS", "RuntimeProxy", "create_node_app", "model_of"]
+__all__ = ["PROXIED_PATHS", "NodeAPI", "RuntimeProxy", "create_node_app", "model_of"]

@@ -1,0 +1,187 @@
+"""The node API in front of the simulated runtime, both on real uvicorn sockets.
+
+The agent runs as ``run_sim_node`` (the real agent code) with no router reachable: the
+node API serves regardless, which is what these tests look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_router.gpu import GpuBackend, ModelSpec
+from llm_router.node.app import RuntimeProxy, create_node_app
+from llm_router.node.detect import GpuInfo
+from llm_router.node.settings import SimNodeSettings
+from llm_router.node.state import Inventory, NodeState
+from llm_router.sim.node import run_sim_node
+
+Start = Callable[..., Awaitable[str]]
+
+
+def free_port_pair() -> int:
+    """A port P with P and P-1 both free (the sim runtime takes P-1)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port - 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[Start]:
+    running: list[tuple[asyncio.Event, asyncio.Task[int]]] = []
+
+    async def start(**overrides: Any) -> str:
+        port = free_port_pair()
+        values: dict[str, Any] = {
+            "router_url": "http://127.0.0.1:9",  # nothing listens: registration just retries
+            "port": port,
+            "machine_name": "sim-a",
+            "gpu_backend": "cuda",
+            "models": "llama-gguf,phi-mlx",
+            "ttft_ms": 0,
+            "tokens_per_s": 1000,
+            **overrides,
+        }
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_sim_node(SimNodeSettings(**values), stop=stop))
+        running.append((stop, task))
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(500):
+                if task.done():
+                    task.result()
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{url}/healthz")).json()["runtime_ready"]:
+                        return url
+                await asyncio.sleep(0.02)
+        raise AssertionError("sim node did not come up")
+
+    yield start
+    for stop, task in running:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+
+
+async def test_models_lists_only_executable(start_sim: Start) -> None:
+    url = await start_sim()
+    async with httpx.AsyncClient() as client:
+        data = (await client.get(f"{url}/v1/models")).json()
+        one = await client.get(f"{url}/v1/models/llama-gguf")
+        other = await client.get(f"{url}/v1/models/phi-mlx")
+    assert data["gpu_backend"] == "cuda"
+    assert [m["id"] for m in data["data"]] == ["llama-gguf"]
+    assert data["data"][0]["object"] == "model"
+    assert one.json()["id"] == "llama-gguf"
+    assert other.status_code == 404
+
+
+async def test_non_executable_model_is_404_at_the_node(start_sim: Start) -> None:
+    url = await start_sim()
+    async with httpx.AsyncClient() as client:
+        installed = await client.post(f"{url}/v1/chat/completions", json={"model": "phi-mlx"})
+        unknown = await client.post(f"{url}/v1/embeddings", json={"model": "nope", "input": "x"})
+        no_model = await client.post(f"{url}/v1/completions", json={"prompt": "x"})
+    assert installed.status_code == 404
+    assert installed.json()["error"]["code"] == "model_not_found"
+    assert "not executable" in installed.json()["error"]["message"]
+    assert unknown.status_code == 404
+    assert no_model.status_code == 400
+    assert no_model.json()["error"]["param"] == "model"
+
+
+async def test_proxies_byte_for_byte(start_sim: Start) -> None:
+    url = await start_sim()
+    body = {"model": "llama-gguf", "max_tokens": 3}
+    async with httpx.AsyncClient() as client:
+        via_node = await client.post(f"{url}/v1/chat/completions", json=body)
+        emb = await client.post(f"{url}/v1/embeddings", json={"model": "llama-gguf", "input": "x"})
+    assert via_node.status_code == 200
+    assert via_node.headers["x-sim-node"] == "sim-a"
+    reply = via_node.json()
+    assert reply["model"] == "llama-gguf"
+    assert "sim-a" in reply["choices"][0]["message"]["content"]
+    assert len(emb.json()["data"][0]["embedding"]) == 16
+
+
+async def test_stream_arrives_before_the_runtime_finishes(start_sim: Start) -> None:
+    url = await start_sim(tokens_per_s=10)
+    body = {"model": "llama-gguf", "stream": True, "max_tokens": 6}
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = response.aiter_lines()
+            first = await anext(lines)
+            assert first.startswith("data: ")
+            # The runtime still has tokens to produce, and the node counts the stream.
+            health = (await client.get(f"{url}/healthz")).json()
+            assert health["active_requests"] == 1
+            rest = [line async for line in lines]
+        after = (await client.get(f"{url}/healthz")).json()
+    assert [line for line in rest if line][-1] == "data: [DONE]"
+    assert after["active_requests"] == 0
+    events = [json.loads(x[6:]) for x in [first, *rest] if x.startswith("data: {")]
+    assert "sim-a" in "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+
+
+async def test_runtime_500_passes_through(start_sim: Start) -> None:
+    url = await start_sim(fail_mode="500")
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"{url}/v1/chat/completions", json={"model": "llama-gguf"})
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "sim_failure"
+
+
+async def test_runtime_drop_drops_the_client_connection(start_sim: Start) -> None:
+    url = await start_sim(fail_mode="drop", fail_after_n=1)
+    async with httpx.AsyncClient() as client:
+        ok = await client.post(f"{url}/v1/chat/completions", json={"model": "llama-gguf"})
+        assert ok.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(f"{url}/v1/chat/completions", json={"model": "llama-gguf"})
+        assert (await client.get(f"{url}/healthz")).json()["active_requests"] == 0
+
+
+async def test_runtime_dying_mid_stream_cuts_the_stream(start_sim: Start) -> None:
+    url = await start_sim(fail_mode="midstream")
+    body = {"model": "llama-gguf", "stream": True, "max_tokens": 8}
+    received: list[str] = []
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.HTTPError):
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    received.append(line)
+        assert (await client.get(f"{url}/healthz")).json()["active_requests"] == 0
+    assert any(line.startswith("data: {") for line in received)
+    assert "data: [DONE]" not in received
+
+
+async def test_runtime_unreachable_is_502() -> None:
+    state = NodeState(
+        GpuInfo(GpuBackend.CPU), Inventory.build(GpuBackend.CPU, [ModelSpec("m")]), "x"
+    )
+    proxy = RuntimeProxy("http://127.0.0.1:9", state)
+    api = create_node_app(state, proxy)
+    async with (
+        proxy.lifespan(api.app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://n") as client,
+    ):
+        r = await client.post("/v1/chat/completions", json={"model": "m"})
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "runtime_unreachable"
+    assert state.active_requests == 0
