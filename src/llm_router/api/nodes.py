@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 from litestar import Request, Response, delete, get, post
+from litestar.params import FromPath
 
 from llm_router.api.body import validate
 from llm_router.auth import Scope
@@ -110,7 +111,7 @@ def _node_id(node_id: str) -> str:
 
 
 @get("/v0/nodes/{node_id:str}")
-async def get_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+async def get_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
     fleet = fleet_of(request)
     fleet.keyring.check(request.headers, Scope.ADMIN)
     record = await fleet.registry.get_node(_node_id(node_id))
@@ -120,7 +121,7 @@ async def get_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, A
 
 
 @delete("/v0/nodes/{node_id:str}", status_code=200)
-async def delete_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+async def delete_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
     fleet = fleet_of(request)
     token = request.headers.get("x-node-token")
     if token:
@@ -146,12 +147,12 @@ async def _set_drain(
 
 
 @post("/v0/nodes/{node_id:str}/drain", status_code=200)
-async def drain_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+async def drain_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
     return await _set_drain(request, node_id, True)
 
 
 @post("/v0/nodes/{node_id:str}/undrain", status_code=200)
-async def undrain_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+async def undrain_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
     return await _set_drain(request, node_id, False)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from llm_router.api.nodes import fleet_of
@@ -98,7 +99,7 @@ async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/v1/models/{model_id:path}")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
     fleet = fleet_of(request)
     fleet.keyring.check(request.headers, Scope.API)
     wanted = model_id.lstrip("/")
