@@ -99,13 +99,14 @@ class Fleet:
         self.dispatcher.start()
         self._janitor = asyncio.create_task(self._prune_forever(), name="fleet-janitor")
 
-    async def begin_shutdown(self) -> None:
+    def begin_shutdown(self) -> None:
         """Stop taking requests: readiness fails, queued requests are handed back (503)."""
         self.shutting_down = True
         self.dispatcher.closing = True
+        self.events.wake_all()
 
     async def stop(self) -> None:
-        await self.begin_shutdown()
+        self.begin_shutdown()
         if self._janitor is not None:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import FrameType
 
 import uvicorn
 
 from llm_router.app import create_app
 from llm_router.auth import startup_problems
+from llm_router.fleet import Fleet
 from llm_router.settings import RouterSettings
 
 log = logging.getLogger("llm_router")
@@ -20,6 +22,23 @@ _EMBEDDED_BANNER = """
  it to be lost on restart. Set LLM_ROUTER_REDIS_URL for production.
 =====================================================================
 """
+
+
+class _RouterServer(uvicorn.Server):
+    """uvicorn, plus: on SIGTERM/SIGINT stop taking work before the connections drain.
+
+    uvicorn stops accepting at once and waits for open requests; marking the fleet as
+    shutting down makes queued requests hand back a 503 with Retry-After instead of
+    holding the shutdown for up to the queue timeout, and makes /readyz fail.
+    """
+
+    def __init__(self, config: uvicorn.Config, fleet: Fleet) -> None:
+        super().__init__(config)
+        self._fleet = fleet
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._fleet.begin_shutdown()
+        super().handle_exit(sig, frame)
 
 
 def serve(settings: RouterSettings) -> int:
@@ -45,5 +64,5 @@ def serve(settings: RouterSettings) -> int:
         timeout_graceful_shutdown=30,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    _RouterServer(config, app.state.fleet).run()
     return 0

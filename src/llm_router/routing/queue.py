@@ -62,6 +62,11 @@ class CapacityEvents:
         if waiters:
             waiters[0].wake.set()
 
+    def wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.wake.set()
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="capacity-events")
 
