@@ -30,6 +30,7 @@ SCRIPT_NAMES = (
     "release",
     "renew",
     "leave_queue",
+    "rate_limit",
 )
 
 #: Errors that mean "the store is not there right now", as opposed to a bug in a script.
@@ -78,6 +79,13 @@ class Refused:
 
 
 AcquireResult = Granted | Queued | Refused
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    admitted: bool
+    count: int
+    retry_after_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -232,3 +240,11 @@ class FleetScripts:
 
     async def leave_queue(self, *, model: str, ticket: str) -> bool:
         return bool(await self._call("leave_queue", model, ticket))
+
+    async def rate_limit(
+        self, *, key_id: str, limit: int, window_ms: int, member: str
+    ) -> RateDecision:
+        result = await self._call("rate_limit", key_id, limit, window_ms, member)
+        if int(result[0]) == 1:
+            return RateDecision(True, int(result[1]))
+        return RateDecision(False, int(result[1]), int(result[2]))
