@@ -134,9 +134,9 @@ async def test_rotation_spreads_picks_among_equal_nodes(fleet: Fleet) -> None:
 
 async def test_expired_lease_is_reclaimed_by_next_acquire(fleet: Fleet) -> None:
     reg = await fleet.register("box-a", [M], max_concurrency=1)
-    await fleet.lease(M, lease_ttl_ms=200)
+    await fleet.lease(M, lease_ttl_ms=100)
     assert await fleet.acquire(M, queue_max=0) == Refused("queue_full", queue_length=0)
-    await sleep_ms(300)
+    await sleep_ms(150)
     lease = await fleet.lease(M, queue_max=0)
     assert lease.node_id == reg.node_id
     assert lease.granted.in_flight == 1
@@ -158,8 +158,8 @@ async def test_renew_keeps_a_lease_alive_past_its_ttl(fleet: Fleet) -> None:
 
 async def test_renew_does_not_revive_an_expired_lease(fleet: Fleet) -> None:
     reg = await fleet.register("box-a", [M], max_concurrency=1)
-    lease = await fleet.lease(M, lease_ttl_ms=150)
-    await sleep_ms(250)
+    lease = await fleet.lease(M, lease_ttl_ms=100)
+    await sleep_ms(150)
     renewed = await fleet.scripts.renew(
         lease_ttl_ms=10_000, ticket_ttl_ms=1000, leases=[(reg.node_id, lease.lease_id)], tickets=[]
     )
@@ -258,10 +258,10 @@ async def test_draining_keeps_in_flight_leases(fleet: Fleet) -> None:
 
 
 async def test_dead_node_is_never_picked(fleet: Fleet) -> None:
-    short = fleet.with_timing(alive_ttl_ms=200)
+    short = fleet.with_timing(alive_ttl_ms=100)
     await fleet.register("dies", [M], registry=short, score=9999)
     alive = await fleet.register("lives", [M], max_concurrency=100, score=1)
-    await sleep_ms(300)
+    await sleep_ms(150)
     for _ in range(10):
         assert (await fleet.lease(M)).node_id == alive.node_id
 

@@ -173,11 +173,11 @@ async def test_heartbeat_updates_last_seen(fleet: Fleet) -> None:
 
 
 async def test_node_goes_offline_without_heartbeat_and_comes_back(fleet: Fleet) -> None:
-    short = fleet.with_timing(alive_ttl_ms=300)
+    short = fleet.with_timing(alive_ttl_ms=200)
     reg = await fleet.register("box-a", [M], registry=short)
     assert [m.id for m in await short.list_models()] == [M]
 
-    await sleep_ms(400)
+    await sleep_ms(250)
     record = await short.get_node(reg.node_id)
     assert record is not None and record["status"] == "offline"
     assert await short.list_models() == []
@@ -196,7 +196,7 @@ async def test_node_goes_offline_without_heartbeat_and_comes_back(fleet: Fleet) 
 
 
 async def test_get_nodes_for_model_filters(fleet: Fleet) -> None:
-    short = fleet.with_timing(alive_ttl_ms=300)
+    short = fleet.with_timing(alive_ttl_ms=100)
     dead = await fleet.register("dead", [M], registry=short)
     good = await fleet.register("good", [M])
     draining = await fleet.register("draining", [M])
@@ -210,7 +210,7 @@ async def test_get_nodes_for_model_filters(fleet: Fleet) -> None:
     await fleet.scripts.release(
         node_id=excluded.node_id, lease_id="x", exclude_model=M, cooldown_ms=60_000
     )
-    await sleep_ms(400)
+    await sleep_ms(150)
 
     nodes = await fleet.registry.get_nodes_for_model(M)
     assert [n["id"] for n in nodes] == [good.node_id]
@@ -280,7 +280,7 @@ async def test_prune_forgets_offline_nodes_and_their_models(fleet: Fleet) -> Non
     short = fleet.with_timing(alive_ttl_ms=100, forget_ms=200)
     gone = await fleet.register("gone", [M], installed=[M, "gone-installed"], registry=short)
     kept = await fleet.register("kept", [M2])
-    await sleep_ms(400)
+    await sleep_ms(350)
 
     nodes, models = await short.prune()
     assert nodes == 1
@@ -309,7 +309,7 @@ async def test_prune_keeps_recent_nodes(fleet: Fleet) -> None:
 async def test_offline_node_is_still_listed_until_forgotten(fleet: Fleet) -> None:
     short = fleet.with_timing(alive_ttl_ms=100)
     reg = await fleet.register("box-a", [M], registry=short)
-    await sleep_ms(200)
+    await sleep_ms(150)
     listed = {n["id"]: n["status"] for n in await fleet.registry.list_nodes()}
     assert listed == {reg.node_id: "offline"}
     # Remembered, so it is a 503 case (known), not a 404.
