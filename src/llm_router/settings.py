@@ -65,6 +65,12 @@ class RouterSettings(BaseSettings):
     node_keys: KeyList = Field(default_factory=list, description="comma-separated, scope node")
     admin_keys: KeyList = Field(default_factory=list, description="comma-separated, scope admin")
     auth_disabled: bool = Field(default=False, description="run with open scopes (development)")
+    key_refresh_s: float = Field(
+        default=2.0, gt=0, le=300, description="reload keys managed in Redis (revocation delay)"
+    )
+    rate_limit_per_minute: int = Field(
+        default=0, ge=0, description="requests per minute per API key, all replicas (0 = off)"
+    )
 
     log_level: str = Field(default="info")
     access_log: bool = Field(default=False, description="per-request log lines (costs throughput)")
