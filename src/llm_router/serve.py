@@ -61,7 +61,7 @@ def serve(settings: RouterSettings) -> int:
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=round(settings.shutdown_timeout_s),
         server_header=False,
     )
     _RouterServer(config, app.state.fleet).run()

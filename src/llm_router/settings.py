@@ -59,6 +59,9 @@ class RouterSettings(BaseSettings):
     idle_timeout_s: float = Field(default=120.0, gt=0, description="max gap between stream chunks")
     redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=60)
     model_fetch_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="on SIGTERM, wait this long for open requests"
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     api_keys: KeyList = Field(default_factory=list, description="comma-separated, scope api")
