@@ -31,7 +31,8 @@ BASE_REGISTER = {"machine_name": "box", "ip_address": "10.0.0.5", "runtime_port"
 def test_backend_values_are_the_lower_case_wire_strings() -> None:
     assert {b.value for b in GpuBackend} == ALL_BACKENDS
     assert GpuBackend("metal") is GpuBackend.METAL
-    assert GpuBackend.CUDA == "cuda"
+    wire: str = "cuda"
+    assert wire == GpuBackend.CUDA
     assert str(GpuBackend.ROCM) == "rocm"
     assert json.dumps({"b": GpuBackend.DIRECTML}) == '{"b": "directml"}'
 

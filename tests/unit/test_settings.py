@@ -77,7 +77,7 @@ def test_keys_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_keys_as_a_list_in_code() -> None:
     assert RouterSettings(api_keys=["a", "b"]).api_keys == ["a", "b"]
-    assert RouterSettings(api_keys="a,b").api_keys == ["a", "b"]  # type: ignore[arg-type]
+    assert RouterSettings(api_keys="a,b").api_keys == ["a", "b"]
 
 
 def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
