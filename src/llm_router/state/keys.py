@@ -74,6 +74,11 @@ class Keys:
         return f"{self.base}events:capacity"
 
     @property
+    def decisions(self) -> str:
+        """list: the fleet's most recent routing decisions (JSON, newest first), capped."""
+        return f"{self.base}decisions:recent"
+
+    @property
     def api_keys(self) -> str:
         """hash: sha256(key) → JSON {scope, name, created}: keys managed in Redis."""
         return f"{self.base}apikeys"
