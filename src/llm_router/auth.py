@@ -2,11 +2,21 @@
 
 Three scopes: ``api`` (OpenAI endpoints), ``node`` (registration; heartbeats also need the
 node's own token) and ``admin`` (fleet administration). An admin key is accepted for every
-scope. A scope with no key configured is open only when the operator said so
-(``auth_disabled``) or the router runs on the embedded store (a loopback demo); a router on
-a real Redis refuses to start with ``node`` or ``admin`` open (see ``check_startup``).
-Keys travel as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` and are compared
-as SHA-256 digests in constant time.
+scope. Keys come from two places: the settings (``API_KEYS``, ``NODE_KEYS``, ``ADMIN_KEYS``)
+and the fleet's Redis (``llm-router keys create``), where only their SHA-256 is stored.
+This module never talks to Redis on the request path: managed keys are a snapshot that a
+background task replaces every ``key_refresh_s`` (see ``security.managed_keys``), so a
+revocation takes effect on every replica within that period.
+
+A scope with no key at all is open only when the operator said so (``auth_disabled``) or
+the router runs on the embedded store (a loopback demo), except ``api`` which an operator
+may leave open on purpose. A router on a real Redis refuses to start with ``node`` or
+``admin`` open (see ``startup_problems``).
+
+Keys travel as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Settings keys are
+compared as digests with ``hmac.compare_digest`` over every candidate (no early exit);
+managed keys are looked up by digest, which reveals nothing usable about any key: an
+attacker cannot steer the SHA-256 of what they send.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from llm_router.errors import AuthError, Forbidden
 from llm_router.settings import RouterSettings
@@ -27,8 +38,13 @@ class Scope(StrEnum):
     ADMIN = "admin"
 
 
-def _digest(key: str) -> bytes:
+def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def key_id_of(key_digest: bytes) -> str:
+    """The public name of a key: short enough to type, useless for authenticating."""
+    return key_digest.hex()[:12]
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -42,58 +58,127 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 @dataclass(frozen=True)
+class ManagedKey:
+    """A key created with ``llm-router keys create``; Redis holds this under its digest."""
+
+    scope: Scope
+    name: str
+    created: int
+    rate_limit_per_minute: int | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request authenticated as: the key's public id and the scope it holds."""
+
+    key_id: str
+    scope: Scope
+    rate_limit_per_minute: int | None = None
+
+
+_NO_MANAGED: Mapping[bytes, ManagedKey] = MappingProxyType({})
+
+
+@dataclass
 class KeyRing:
     keys: Mapping[Scope, tuple[bytes, ...]]
-    open_scopes: frozenset[Scope]
+    may_open: bool
+    managed: Mapping[bytes, ManagedKey] = field(default_factory=lambda: _NO_MANAGED)
+    _managed_scopes: frozenset[Scope] = field(default=frozenset(), repr=False)
 
     @classmethod
     def from_settings(cls, settings: RouterSettings) -> KeyRing:
         keys = {
-            Scope.API: tuple(_digest(k) for k in settings.api_keys),
-            Scope.NODE: tuple(_digest(k) for k in settings.node_keys),
-            Scope.ADMIN: tuple(_digest(k) for k in settings.admin_keys),
+            Scope.API: tuple(digest(k) for k in settings.api_keys),
+            Scope.NODE: tuple(digest(k) for k in settings.node_keys),
+            Scope.ADMIN: tuple(digest(k) for k in settings.admin_keys),
         }
-        may_open = settings.auth_disabled or settings.embedded
-        open_scopes = frozenset(s for s in Scope if not keys[s] and (s is Scope.API or may_open))
-        return cls(keys=keys, open_scopes=open_scopes)
+        return cls(keys=keys, may_open=settings.auth_disabled or settings.embedded)
 
-    def _matches(self, digest: bytes, candidates: Iterable[bytes]) -> bool:
+    def replace_managed(self, managed: Mapping[bytes, ManagedKey]) -> None:
+        """Swap in a fresh snapshot of the Redis-managed keys (one assignment: no tearing)."""
+        scopes = frozenset(k.scope for k in managed.values())
+        self.managed, self._managed_scopes = MappingProxyType(dict(managed)), scopes
+
+    @property
+    def open_scopes(self) -> frozenset[Scope]:
+        return frozenset(s for s in Scope if self._is_open(s))
+
+    def _is_open(self, scope: Scope) -> bool:
+        if self.keys[scope] or scope in self._managed_scopes:
+            return False
+        return scope is Scope.API or self.may_open
+
+    @staticmethod
+    def _matches(key_digest: bytes, candidates: Iterable[bytes]) -> bool:
         found = False
         for candidate in candidates:
             # No early exit: the time taken does not say which key (if any) matched.
-            found |= hmac.compare_digest(digest, candidate)
+            found |= hmac.compare_digest(key_digest, candidate)
         return found
 
-    def check(self, headers: Mapping[str, str], scope: Scope) -> None:
-        """Raise 401 for a missing/unknown key, 403 for a known key of another scope."""
-        if scope in self.open_scopes:
-            return
+    def _scope_of(self, key_digest: bytes) -> tuple[Scope, int | None] | None:
+        managed = self.managed.get(key_digest)
+        if managed is not None:
+            return managed.scope, managed.rate_limit_per_minute
+        # Admin first: a key listed under several scopes takes the widest.
+        for scope in (Scope.ADMIN, Scope.NODE, Scope.API):
+            if self._matches(key_digest, self.keys[scope]):
+                return scope, None
+        return None
+
+    def check(self, headers: Mapping[str, str], scope: Scope) -> Principal | None:
+        """Who is calling; ``None`` on an open scope. 401 for a missing or unknown key,
+        403 for a known key of another scope."""
+        if self._is_open(scope):
+            return None
         key = presented_key(headers)
         if key is None:
             raise AuthError(
                 f"Missing API key for scope '{scope}': send 'Authorization: Bearer <key>'"
             )
-        digest = _digest(key)
-        if self._matches(digest, self.keys[scope]) or self._matches(digest, self.keys[Scope.ADMIN]):
-            return
-        if any(self._matches(digest, self.keys[s]) for s in Scope):
-            raise Forbidden(f"This key is not allowed in scope '{scope}'")
-        raise AuthError("Invalid API key")
+        key_digest = digest(key)
+        found = self._scope_of(key_digest)
+        if found is None:
+            raise AuthError("Invalid API key")
+        held, rate_limit = found
+        if held is not scope and held is not Scope.ADMIN:
+            raise Forbidden(f"This key (scope '{held}') is not allowed in scope '{scope}'")
+        return Principal(key_id_of(key_digest), held, rate_limit)
 
 
-def startup_problems(settings: RouterSettings) -> list[str]:
-    """Reasons the router must not start as configured (empty when it may)."""
+def startup_problems(
+    settings: RouterSettings, managed_scopes: frozenset[Scope] | None = None
+) -> list[str]:
+    """Reasons the router must not start as configured (empty when it may).
+
+    ``node`` and ``admin`` count as closed when the settings or the fleet's Redis hold a key
+    for them; ``managed_scopes`` says which scopes Redis has keys for, and is looked up
+    (once, before the server starts) when not given.
+    """
     if settings.embedded or settings.auth_disabled:
         return []
-    missing = [
-        name
-        for name, keys in (("node", settings.node_keys), ("admin", settings.admin_keys))
+    needed = [
+        scope
+        for scope, keys in ((Scope.NODE, settings.node_keys), (Scope.ADMIN, settings.admin_keys))
         if not keys
     ]
+    if not needed:
+        return []
+    lookup_error = ""
+    if managed_scopes is None:
+        from llm_router.security.managed_keys import scopes_in_store
+
+        try:
+            managed_scopes = scopes_in_store(settings)
+        except Exception as exc:
+            managed_scopes, lookup_error = frozenset(), f" (could not read managed keys: {exc})"
+    missing = [str(s) for s in needed if s not in managed_scopes]
     if not missing:
         return []
     return [
         f"no key configured for scope(s) {', '.join(missing)} on a shared Redis: anyone "
         "could register a node and receive prompts. Set LLM_ROUTER_NODE_KEYS and "
-        "LLM_ROUTER_ADMIN_KEYS, or LLM_ROUTER_AUTH_DISABLED=true for development."
+        "LLM_ROUTER_ADMIN_KEYS, create keys with 'llm-router keys create --scope node|admin', "
+        f"or set LLM_ROUTER_AUTH_DISABLED=true for development{lookup_error}."
     ]

@@ -1,0 +1,183 @@
+"""API keys kept in the fleet's Redis, and the snapshot each replica authenticates with.
+
+Redis holds one hash, ``{prefix}:apikeys``: ``sha256(key)`` (hex) → JSON
+``{"scope", "name", "created", "rate_limit_per_minute"?}``. The key itself is shown once,
+when it is created, and never stored. Replicas do not read Redis per request: a
+``KeyRefresher`` reloads the whole hash every ``key_refresh_s`` and swaps it into the
+``KeyRing``; a revoked key therefore stops working on every replica within that period.
+When Redis is unreachable the last snapshot stays in force (the router cannot route
+without Redis anyway, and dropping every key would turn an outage into a lock-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llm_router.auth import KeyRing, ManagedKey, Scope, digest, key_id_of
+from llm_router.settings import RouterSettings
+from llm_router.state.connect import open_store
+from llm_router.state.keys import Keys
+
+log = logging.getLogger(__name__)
+
+_MAX_NAME_LEN = 128
+
+
+class KeyNotFound(LookupError):
+    """No managed key has that id (or the id prefix is ambiguous)."""
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    """What ``keys list`` shows: everything but the key."""
+
+    key_id: str
+    scope: Scope
+    name: str
+    created: int
+    rate_limit_per_minute: int | None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse(raw: Any) -> ManagedKey | None:
+    try:
+        data = json.loads(_text(raw))
+        rate = data.get("rate_limit_per_minute")
+        return ManagedKey(
+            scope=Scope(data["scope"]),
+            name=str(data.get("name", "")),
+            created=int(data.get("created", 0)),
+            rate_limit_per_minute=int(rate) if rate is not None else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # A hand-edited or foreign entry must not break authentication for everyone else.
+        return None
+
+
+def new_key(scope: Scope) -> str:
+    return f"llmr-{scope}-{secrets.token_urlsafe(32)}"
+
+
+class ManagedKeyStore:
+    """Create, list, revoke and load the keys of one fleet."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._redis = redis
+        self._hash = keys.api_keys
+
+    async def create(
+        self, scope: Scope, *, name: str = "", rate_limit_per_minute: int | None = None
+    ) -> tuple[str, KeyListing]:
+        if len(name) > _MAX_NAME_LEN or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError(f"name must be at most {_MAX_NAME_LEN} printable characters")
+        if rate_limit_per_minute is not None and rate_limit_per_minute < 1:
+            raise ValueError("rate_limit_per_minute must be at least 1")
+        key = new_key(scope)
+        record: dict[str, Any] = {"scope": str(scope), "name": name, "created": int(time.time())}
+        if rate_limit_per_minute is not None:
+            record["rate_limit_per_minute"] = rate_limit_per_minute
+        key_digest = digest(key)
+        await self._redis.hset(self._hash, key_digest.hex(), json.dumps(record))
+        listing = KeyListing(
+            key_id_of(key_digest), scope, name, record["created"], rate_limit_per_minute
+        )
+        return key, listing
+
+    async def load(self) -> dict[bytes, ManagedKey]:
+        raw = await self._redis.hgetall(self._hash)
+        loaded: dict[bytes, ManagedKey] = {}
+        for field_name, value in raw.items():
+            parsed = _parse(value)
+            try:
+                key_digest = bytes.fromhex(_text(field_name))
+            except ValueError:
+                continue
+            if parsed is not None:
+                loaded[key_digest] = parsed
+        return loaded
+
+    async def list(self) -> list[KeyListing]:
+        loaded = await self.load()
+        listings = [
+            KeyListing(key_id_of(d), k.scope, k.name, k.created, k.rate_limit_per_minute)
+            for d, k in loaded.items()
+        ]
+        return sorted(listings, key=lambda k: (k.created, k.key_id))
+
+    async def revoke(self, key_id: str) -> KeyListing:
+        """Remove the key whose id starts with ``key_id`` (at least 6 characters)."""
+        wanted = key_id.strip().lower()
+        if len(wanted) < 6:
+            raise KeyNotFound("give at least 6 characters of the key id")
+        loaded = await self.load()
+        matches = [(d, k) for d, k in loaded.items() if key_id_of(d).startswith(wanted[:12])]
+        if len(wanted) > 12:
+            matches = [(d, k) for d, k in matches if d.hex().startswith(wanted)]
+        if not matches:
+            raise KeyNotFound(f"no managed key with id {key_id!r}")
+        if len(matches) > 1:
+            raise KeyNotFound(f"key id {key_id!r} is ambiguous: give more characters")
+        key_digest, key = matches[0]
+        await self._redis.hdel(self._hash, key_digest.hex())
+        return KeyListing(
+            key_id_of(key_digest), key.scope, key.name, key.created, key.rate_limit_per_minute
+        )
+
+
+class KeyRefresher:
+    """Keeps a ``KeyRing``'s managed snapshot at most ``period_s`` old."""
+
+    def __init__(self, store: ManagedKeyStore, keyring: KeyRing, period_s: float) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._period_s = period_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> bool:
+        """Reload once; False (and the old snapshot kept) when Redis did not answer."""
+        try:
+            loaded = await self._store.load()
+        except Exception as exc:
+            log.debug("managed keys not refreshed: %s", exc)
+            return False
+        self._keyring.replace_managed(loaded)
+        return True
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._forever(), name="key-refresher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._period_s)
+            await self.refresh()
+
+
+def scopes_in_store(settings: RouterSettings) -> frozenset[Scope]:
+    """Scopes that have at least one managed key (a blocking, one-off look-up at start-up)."""
+
+    async def lookup() -> frozenset[Scope]:
+        store = open_store(settings.redis_url, timeout_s=settings.redis_socket_timeout_s)
+        try:
+            loaded = await ManagedKeyStore(store.redis, Keys(settings.key_prefix)).load()
+        finally:
+            await store.close()
+        return frozenset(k.scope for k in loaded.values())
+
+    return asyncio.run(lookup())
