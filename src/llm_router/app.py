@@ -15,6 +15,7 @@ from llm_router import __version__
 from llm_router.api import nodes, openai, probes
 from llm_router.errors import RouterError, error_body
 from llm_router.fleet import Fleet
+from llm_router.security.guard import Guard
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import Store
 
@@ -49,13 +50,16 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
 
 def create_app(settings: RouterSettings, *, store: Store | None = None) -> Litestar:
     fleet = Fleet.build(settings, store)
+    guard = Guard.build(settings, fleet.store.redis, fleet.keys, fleet.keyring)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await fleet.start()
+        await guard.start()
         try:
             yield
         finally:
+            await guard.stop()
             await fleet.stop()
 
     app = Litestar(
@@ -72,4 +76,5 @@ def create_app(settings: RouterSettings, *, store: Store | None = None) -> Lites
         debug=False,
     )
     app.state.fleet = fleet
+    app.state.guard = guard
     return app

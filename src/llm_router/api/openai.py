@@ -19,6 +19,7 @@ from llm_router.api.nodes import fleet_of
 from llm_router.auth import Scope
 from llm_router.errors import InvalidRequest, ModelNotFound
 from llm_router.protocol import validate_model_id
+from llm_router.security.guard import Guard
 from llm_router.state.scripts import ModelEntry
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -53,7 +54,9 @@ def request_id_of(request: Request[Any, Any, Any]) -> str:
 
 async def _forward(request: Request[Any, Any, Any], path: str) -> Response[bytes] | Stream:
     fleet = fleet_of(request)
-    fleet.keyring.check(request.headers, Scope.API)
+    principal = fleet.keyring.check(request.headers, Scope.API)
+    guard: Guard = request.app.state.guard
+    await guard.admit(principal)
     body = await request.body()
     return await fleet.proxy.forward(
         path=path,
