@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--port", type=int, default=8080, help="router port")
     demo_parser.add_argument("--host", default="127.0.0.1", help="router address (loopback)")
     demo_parser.set_defaults(func=cmd_demo)
+
+    from llm_router.security.keys_cli import add_keys_parser
+
+    add_keys_parser(sub)
     return parser
 
 
