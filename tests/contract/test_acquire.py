@@ -282,6 +282,20 @@ async def test_other_models_leases_count_against_the_node(fleet: Fleet) -> None:
     assert await fleet.acquire(OTHER, queue_max=0) == Refused("queue_full", queue_length=0)
 
 
+async def test_heartbeat_changes_capacity(fleet: Fleet) -> None:
+    reg = await fleet.register("box-a", [M], max_concurrency=1)
+    await fleet.lease(M)
+    assert await fleet.acquire(M, queue_max=0) == Refused("queue_full", queue_length=0)
+    await fleet.heartbeat(reg, max_concurrency=2)
+    second = await fleet.lease(M, queue_max=0)
+    assert second.granted.max_concurrency == 2
+    assert await fleet.acquire(M, queue_max=0) == Refused("queue_full", queue_length=0)
+    # Shrinking below the in-flight count lets the running requests finish, takes no more.
+    await fleet.heartbeat(reg, max_concurrency=1)
+    await fleet.release(second)
+    assert await fleet.acquire(M, queue_max=0) == Refused("queue_full", queue_length=0)
+
+
 async def test_unknown_and_uncapable_models(fleet: Fleet) -> None:
     await fleet.register("box-a", [M], installed=[M, "weights-mlx"])
     assert await fleet.acquire("never-seen") == Refused("not_found")

@@ -6,7 +6,7 @@ Runs on the embedded store and on a real redis-server (the ``store`` fixture).
 from __future__ import annotations
 
 from contract.fleet import Fleet, sleep_ms
-from llm_router.state.scripts import Granted, Refused
+from llm_router.state.scripts import Granted, Queued, Refused
 
 M = "llama-3-8b.gguf"
 M2 = "qwen2-7b.gguf"
@@ -300,6 +300,30 @@ async def test_prune_forgets_offline_nodes_and_their_models(fleet: Fleet) -> Non
     assert isinstance(await fleet.acquire(M2, forget_ms=200), Granted)
 
 
+async def test_prune_leaves_nothing_behind_a_crashed_fleet(fleet: Fleet) -> None:
+    """A node and the replicas that used it all died: once forgotten, nothing of them stays.
+
+    The lease and the queue ticket are never released or renewed (their replicas are
+    gone), so only expiry and prune can clean up after them.
+    """
+    short = fleet.with_timing(alive_ttl_ms=100, forget_ms=200)
+    await fleet.register("gone", [M], installed=[M, "other-mlx"], max_concurrency=1, registry=short)
+    await fleet.lease(M, lease_ttl_ms=100)
+    assert isinstance(await fleet.acquire(M, ticket="t1", ticket_ttl_ms=100), Queued)
+    await sleep_ms(350)
+
+    assert (await short.prune())[0] == 1
+    assert await fleet.all_keys() == []
+
+
+async def test_deregistered_nodes_leases_expire_by_themselves(fleet: Fleet) -> None:
+    reg = await fleet.register("box-a", [M])
+    await fleet.lease(M, lease_ttl_ms=100)
+    assert await fleet.registry.deregister(reg.node_id) == "ok"
+    await sleep_ms(250)
+    assert await fleet.redis.exists(fleet.keys.leases(reg.node_id)) == 0
+
+
 async def test_prune_keeps_recent_nodes(fleet: Fleet) -> None:
     reg = await fleet.register("box-a", [M])
     assert await fleet.registry.prune() == (0, 0)
@@ -331,6 +355,8 @@ async def test_deregister_by_node_itself(fleet: Fleet) -> None:
     assert await fleet.registry.deregister(a.node_id, a.token) == "ok"
     assert await fleet.registry.get_node(a.node_id) is None
     assert await fleet.registry.deregister(a.node_id, a.token) == "not_found"
+    # The agent learns it on its next heartbeat and registers again.
+    assert await fleet.heartbeat(a) == "not_found"
 
 
 async def test_deregister_by_admin_leaves_only_leases(fleet: Fleet) -> None:
