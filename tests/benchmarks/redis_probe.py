@@ -53,7 +53,7 @@ def client_commands_per_request(
     def watch() -> None:
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
         try:
-            with client.monitor() as monitor:
+            with client.monitor() as monitor:  # type: ignore[no-untyped-call]
                 ready.set()
                 while not stop.is_set():
                     try:

@@ -61,6 +61,9 @@ def throughput_tables(results: dict[str, Any], levels: list[int]) -> str:
             if row is None:
                 cells.append("-")
                 continue
+            if not row["ok"]:
+                cells.append("0 (none completed)")
+                continue
             flag = f" ({row['errors']} err)" if row["errors"] else ""
             cells.append(_fmt(row["rps"]) + flag)
         rows.append([name, *cells])
@@ -74,7 +77,10 @@ def throughput_tables(results: dict[str, Any], levels: list[int]) -> str:
         cells = []
         for c in levels:
             row = _wrk_at(res, c)
-            cells.append("-" if row is None else f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}")
+            if row is None or not row["ok"]:
+                cells.append("-")
+                continue
+            cells.append(f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}")
         rows.append([name, *cells])
     out.append(_table(["target", *[f"c{c}" for c in levels]], rows))
 
@@ -107,14 +113,14 @@ def throughput_tables(results: dict[str, Any], levels: list[int]) -> str:
         out += ["", f"**Added latency at c1 over `{BASELINE}` (ms)**", ""]
         rows = []
         for name, res in targets.items():
-            mine = _wrk_at(res, 1) if _ok(res) else None
-            if mine is None or name == BASELINE:
+            mine_c1 = _wrk_at(res, 1) if _ok(res) else None
+            if mine_c1 is None or name == BASELINE:
                 continue
             rows.append(
                 [
                     name,
-                    f"{mine['p50_ms'] - base_c1['p50_ms']:+.3f}",
-                    f"{mine['p99_ms'] - base_c1['p99_ms']:+.3f}",
+                    f"{mine_c1['p50_ms'] - base_c1['p50_ms']:+.3f}",
+                    f"{mine_c1['p99_ms'] - base_c1['p99_ms']:+.3f}",
                 ]
             )
         out.append(_table(["target", "p50 added", "p99 added"], rows))
@@ -266,9 +272,10 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
     for name, res in results["targets"].items():
         if not _ok(res) or not res.get("wrk"):
             continue
-        conc = [r["concurrency"] for r in res["wrk"]]
-        ax1.plot(conc, [max(r["rps"], 0.1) for r in res["wrk"]], marker="o", label=name)
-        ax2.plot(conc, [r["p50_ms"] for r in res["wrk"]], marker="o", label=name)
+        done = [r for r in res["wrk"] if r["ok"]]
+        conc = [r["concurrency"] for r in done]
+        ax1.plot(conc, [r["rps"] for r in done], marker="o", label=name)
+        ax2.plot(conc, [r["p50_ms"] for r in done], marker="o", label=name)
     for ax, title, unit in ((ax1, "Throughput", "requests/s"), (ax2, "Latency p50", "ms")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
