@@ -59,6 +59,7 @@ async def test_reregistration_lifts_drain_but_heartbeat_does_not(fleet: Fleet) -
     assert await fleet.heartbeat(reg, executable_models=[M]) == "ok"
     record = await fleet.registry.get_node(reg.node_id)
     assert record is not None and record["status"] == "draining"
+    assert await fleet.acquire(M) == Refused("no_capable")
 
     again = await fleet.register("box-a", [M])
     record = await fleet.registry.get_node(again.node_id)
@@ -66,6 +67,15 @@ async def test_reregistration_lifts_drain_but_heartbeat_does_not(fleet: Fleet) -
     assert record["status"] == "online"
     assert record["draining"] is False
     assert isinstance(await fleet.acquire(M), Granted)
+
+
+async def test_reregistration_replaces_the_executable_set(fleet: Fleet) -> None:
+    reg = await fleet.register("box-a", [M, M2])
+    await fleet.register("box-a", [M2])
+    assert reg.node_id not in await fleet.zmembers(fleet.keys.model_nodes(M))
+    assert reg.node_id not in await fleet.zmembers(fleet.keys.model_load(M))
+    assert await fleet.acquire(M) == Refused("no_capable")
+    assert [e.id for e in await fleet.registry.list_models()] == [M2]
 
 
 async def test_record_holds_registered_fields_and_no_secret(fleet: Fleet) -> None:
@@ -256,6 +266,13 @@ async def test_list_models_is_the_sorted_union_over_live_nodes(fleet: Fleet) -> 
     assert by_id["a-model"].backends == ["metal"]
     assert by_id["c-model"].backends == ["cuda"]
     assert all(e.created > 1_600_000_000 for e in entries)
+
+
+async def test_list_models_follows_a_backend_change(fleet: Fleet) -> None:
+    reg = await fleet.register("box-a", [M], backend="cpu")
+    assert (await fleet.registry.list_models())[0].backends == ["cpu"]
+    await fleet.heartbeat(reg, gpu_backend="rocm")
+    assert (await fleet.registry.list_models())[0].backends == ["rocm"]
 
 
 async def test_installed_but_not_executable_is_known_not_listed(fleet: Fleet) -> None:
