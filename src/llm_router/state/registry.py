@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -139,7 +138,7 @@ class NodeRegistry:
             fields["gpu_capability_score"] = request.gpu_capability_score
         token = new_token()
         status, node_id = await self._scripts.register(
-            candidate_id=uuid.uuid4().hex,
+            candidate_id=secrets.token_hex(8),
             identity=f"{request.machine_name}:{request.runtime_port}",
             token_hash=hash_token(token),
             fields={k: _encode(v) for k, v in fields.items()},
