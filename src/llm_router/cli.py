@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     from llm_router.security.keys_cli import add_keys_parser
 
     add_keys_parser(sub)
+
+    from llm_router.fleetctl import add_fleet_parser
+
+    add_fleet_parser(sub)
     return parser
 
 
