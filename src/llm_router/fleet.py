@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import httpx
 
 from llm_router.auth import KeyRing
+from llm_router.observability.router_metrics import RouterMetrics
+from llm_router.observability.telemetry import Telemetry
+from llm_router.observability.timed_scripts import TimedScripts
 from llm_router.routing.proxy import Proxy, ProxyConfig
 from llm_router.routing.queue import CapacityEvents
 from llm_router.routing.select import Dispatcher, Limits
@@ -21,7 +24,6 @@ from llm_router.settings import RouterSettings
 from llm_router.state.connect import Store, open_store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import FleetScripts
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Fleet:
     proxy: Proxy
     keyring: KeyRing
     control_http: httpx.AsyncClient
+    telemetry: Telemetry
     shutting_down: bool = False
     _janitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -46,7 +49,8 @@ class Fleet:
     def build(cls, settings: RouterSettings, store: Store | None = None) -> Fleet:
         store = store or open_store(settings.redis_url, timeout_s=settings.redis_socket_timeout_s)
         keys = Keys(settings.key_prefix)
-        scripts = FleetScripts(store.redis, keys)
+        metrics = RouterMetrics()
+        scripts = TimedScripts(store.redis, keys, metrics)
         forget_ms = int(settings.node_forget_s * 1000)
         registry = NodeRegistry(
             store.redis,
@@ -58,6 +62,7 @@ class Fleet:
                 default_max_concurrency=settings.default_max_concurrency,
             ),
         )
+        telemetry = Telemetry.build(settings, store.redis, keys, registry, metrics)
         events = CapacityEvents(store.pubsub_client(), keys.events)
         dispatcher = Dispatcher(
             scripts,
@@ -80,6 +85,7 @@ class Fleet:
                 first_byte_timeout_s=settings.first_byte_timeout_s,
                 idle_timeout_s=settings.idle_timeout_s,
             ),
+            telemetry.observer,
         )
         return cls(
             settings=settings,
@@ -91,12 +97,14 @@ class Fleet:
             proxy=proxy,
             keyring=KeyRing.from_settings(settings),
             control_http=httpx.AsyncClient(timeout=settings.model_fetch_timeout_s),
+            telemetry=telemetry,
         )
 
     async def start(self) -> None:
         await self.proxy.start()
         self.events.start()
         self.dispatcher.start()
+        self.telemetry.start()
         self._janitor = asyncio.create_task(self._prune_forever(), name="fleet-janitor")
 
     def begin_shutdown(self) -> None:
@@ -114,6 +122,7 @@ class Fleet:
         await self.dispatcher.stop()
         await self.events.stop()
         await self.proxy.close()
+        await self.telemetry.stop()
         await self.control_http.aclose()
         await self.store.close()
 

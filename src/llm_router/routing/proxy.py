@@ -31,6 +31,7 @@ from llm_router.errors import (
     UpstreamError,
     error_body,
 )
+from llm_router.observability.observer import Observer, RequestTrace
 from llm_router.routing.select import Dispatcher, Lease
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ class _AttemptFailed(Exception):
 
 
 class Proxy:
-    def __init__(self, dispatcher: Dispatcher, config: ProxyConfig) -> None:
+    def __init__(self, dispatcher: Dispatcher, config: ProxyConfig, observer: Observer) -> None:
         self._dispatcher = dispatcher
         self._config = config
+        self._observer = observer
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -106,6 +108,25 @@ class Proxy:
         headers: Mapping[str, str],
         request_id: str,
     ) -> Response[bytes] | Stream:
+        trace = self._observer.begin(model, request_id)
+        try:
+            response = await self._forward(path, model, body, headers, request_id, trace)
+        except BaseException as exc:
+            self._observer.failed(trace, exc)
+            raise
+        if not isinstance(response, Stream):  # a stream reports when it ends
+            self._observer.finish(trace, response.status_code or 200)
+        return response
+
+    async def _forward(
+        self,
+        path: str,
+        model: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        request_id: str,
+        trace: RequestTrace,
+    ) -> Response[bytes] | Stream:
         assert self._session is not None, "Proxy.start() was not awaited"
         out_headers = {h: headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in headers}
         out_headers["x-request-id"] = request_id
@@ -122,9 +143,11 @@ class Proxy:
                 if last_error is not None:
                     raise last_error from None
                 raise
+            self._observer.leased(trace, lease.node_id, lease.queued_ms)
             try:
-                return await self._attempt(lease, path, body, out_headers, request_id)
+                return await self._attempt(lease, path, body, out_headers, request_id, trace)
             except _AttemptFailed as failed:
+                self._observer.failed_attempt(trace, excluded=failed.exclude)
                 last_error = failed.error
                 if isinstance(failed.error, _Busy):
                     busy_response = failed.error.response
@@ -150,9 +173,11 @@ class Proxy:
         body: bytes,
         headers: dict[str, str],
         request_id: str,
+        trace: RequestTrace,
     ) -> Response[bytes] | Stream:
         assert self._session is not None
         url = lease.url + path
+        trace.sending()
         try:
             async with asyncio.timeout(self._config.first_byte_timeout_s):
                 upstream = await self._session.post(url, data=body, headers=headers)
@@ -185,6 +210,7 @@ class Proxy:
                 raise self._fail(
                     UpstreamError(f"node {lease.node_id} failed mid-response: {exc}")
                 ) from exc
+            trace.answered()
             await self._dispatcher.release(lease)
             return Response(content, status_code=status, headers=response_headers)
 
@@ -199,22 +225,30 @@ class Proxy:
         if not first:
             upstream.release()
             raise self._fail(UpstreamError(f"node {lease.node_id} closed an empty stream"))
+        trace.answered(stream=True)
         return Stream(
-            self._relay(upstream, first, lease),
+            self._relay(upstream, first, lease, trace, status),
             status_code=status,
             headers=response_headers,
             media_type="text/event-stream",
         )
 
     async def _relay(
-        self, upstream: aiohttp.ClientResponse, first: bytes, lease: Lease
+        self,
+        upstream: aiohttp.ClientResponse,
+        first: bytes,
+        lease: Lease,
+        trace: RequestTrace,
+        status: int,
     ) -> AsyncIterator[bytes]:
+        broken = False
         try:
             yield first
             async for chunk in upstream.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("stream from node %s broke: %s", lease.node_id, exc)
+            broken = True
             error = error_body(
                 f"the node serving this stream failed: {type(exc).__name__}",
                 UpstreamError.error_type,
@@ -223,6 +257,7 @@ class Proxy:
             yield b"data: " + json.dumps(error).encode() + b"\n\n"
         finally:
             upstream.release()
+            self._observer.finish(trace, status, broken=broken)
             await asyncio.shield(self._dispatcher.release(lease))
 
     def _fail(self, error: RouterError) -> _AttemptFailed:

@@ -1,0 +1,64 @@
+"""One replica's observability, assembled from its settings: metrics, the request
+observer the proxy calls, the shared recent-decisions list and the fleet view.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from llm_router.observability.access_log import AccessLog, access_logger
+from llm_router.observability.decisions import DecisionLog
+from llm_router.observability.fleet_view import FleetView, refresh_fleet_gauges
+from llm_router.observability.observer import Observer
+from llm_router.observability.router_metrics import RouterMetrics
+from llm_router.settings import RouterSettings
+from llm_router.state.keys import Keys
+from llm_router.state.registry import NodeRegistry
+
+
+def replica_name(settings: RouterSettings) -> str:
+    return f"{socket.gethostname()}:{settings.port}"
+
+
+@dataclass
+class Telemetry:
+    metrics: RouterMetrics
+    observer: Observer
+    decisions: DecisionLog
+    view: FleetView
+    replica: str
+
+    @classmethod
+    def build(
+        cls,
+        settings: RouterSettings,
+        redis: Any,
+        keys: Keys,
+        registry: NodeRegistry,
+        metrics: RouterMetrics,
+    ) -> Telemetry:
+        replica = replica_name(settings)
+        decisions = DecisionLog(redis, keys.decisions, metrics.decisions_dropped)
+        access = AccessLog(access_logger(), replica) if settings.access_log else None
+        return cls(
+            metrics=metrics,
+            observer=Observer(metrics, decisions, access, replica),
+            decisions=decisions,
+            view=FleetView(redis, keys, registry, forget_ms=int(settings.node_forget_s * 1000)),
+            replica=replica,
+        )
+
+    def start(self) -> None:
+        self.decisions.start()
+
+    async def stop(self) -> None:
+        await self.decisions.stop()
+
+    async def render(self, *, leases_held: int, queue_waiters: int) -> str:
+        """The Prometheus exposition of this replica, fleet-wide gauges freshly read."""
+        self.metrics.leases_held.set(leases_held)
+        self.metrics.queue_waiters.set(queue_waiters)
+        await refresh_fleet_gauges(self.view, self.metrics)
+        return self.metrics.registry.render()
