@@ -202,9 +202,7 @@ async def test_foreign_entries_in_the_hash_are_ignored(store: Store, keys: Keys)
     assert list(await managed.load()) == [digest(key)]
 
 
-@pytest.mark.parametrize(
-    ("name", "limit"), [("x" * 129, None), ("bad\nname", None), ("ok", 0)]
-)
+@pytest.mark.parametrize(("name", "limit"), [("x" * 129, None), ("bad\nname", None), ("ok", 0)])
 async def test_bad_key_attributes_are_refused(
     store: Store, keys: Keys, name: str, limit: int | None
 ) -> None:
