@@ -52,7 +52,7 @@ class Fleet:
     ) -> str:
         request = RegisterRequest(
             machine_name=machine,
-            ip_address="127.0.0.1",  # type: ignore[arg-type]
+            ip_address="127.0.0.1",
             runtime_port=port,
             gpu_backend=backend,
             executable_models=models,
