@@ -147,9 +147,13 @@ def list_executable_models(specs: Iterable[ModelSpec], backend: GpuBackend | str
 
 _CUDA_RE = re.compile(
     r"nvidia|geforce|\brtx\b|\bgtx\b|tesla|quadro|titan|jetson|"
-    r"\b(?:a|h|b|l)\d{2,3}s?\b|\bv100\b|\bp100\b|\bt4\b|\bgh200\b|\bgb200\b",
+    # Datacentre parts often reported without the vendor name: list them, since a bare
+    # letter+digits pattern would also match other vendors' cards (Intel Arc A770).
+    r"\b(?:a(?:2|10g?|16|30|40|100|800)|h(?:20|100|200|800)|l(?:4|20|40s?)|b(?:100|200)|"
+    r"gh200|gb200|v100|p100|p40|t4)\b",
     re.IGNORECASE,
 )
+_OTHER_VENDOR_RE = re.compile(r"\bintel\b|\barc\b|qualcomm|adreno|mali|moore ?threads", re.I)
 _METAL_RE = re.compile(r"apple|\bm[1-9]\b|\bm[1-9] (?:pro|max|ultra)\b", re.IGNORECASE)
 _ROCM_RE = re.compile(r"\bamd\b|radeon|instinct|\bmi\d{2,3}[a-z]?\b|\brx ?\d{3,4}", re.IGNORECASE)
 _DIRECTML_RE = re.compile(r"directml", re.IGNORECASE)
@@ -165,6 +169,8 @@ def infer_gpu_backend(device_names: Iterable[str | None]) -> GpuBackend | str:
     if not names:
         return GpuBackend.CPU
     for name in names:
+        if _OTHER_VENDOR_RE.search(name):
+            continue
         # Apple first: "Apple M2 Max" must not be read as some "M2"-named datacentre part.
         if _METAL_RE.search(name):
             return GpuBackend.METAL

@@ -44,7 +44,13 @@ async def isolated_fleet(store_kind: str, request: pytest.FixtureRequest) -> Asy
 
 
 def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[str]:
-    out = {keys.nodes_alive, keys.nodes_index, keys.models_known, keys.api_keys}
+    out = {
+        keys.nodes_alive,
+        keys.nodes_index,
+        keys.models_known,
+        keys.models_created,
+        keys.api_keys,
+    }
     for node_id in node_ids:
         out |= {keys.node(node_id), keys.leases(node_id), keys.excluded(node_id)}
     for model in models:

@@ -48,6 +48,11 @@ class Keys:
         return f"{self.base}model:{model}:rr"
 
     @property
+    def models_created(self) -> str:
+        """hash: model id → first time (s) any node advertised it (``created`` in /v1/models)."""
+        return f"{self.base}models:created"
+
+    @property
     def models_known(self) -> str:
         """zset: model id → last time (ms) any node advertised it, installed or executable."""
         return f"{self.base}models:known"
@@ -61,8 +66,12 @@ class Keys:
         return f"{self.base}queue:{model}"
 
     def queue_alive(self, model: str) -> str:
-        """zset: ticket → deadline (ms); a ticket whose waiter stopped renewing it is dead."""
-        return f"{self.base}queue:{model}:alive"
+        """zset: ticket → deadline (ms); a ticket whose waiter stopped renewing it is dead.
+
+        Not ``queue:<model>:alive``: model ids may contain ``:``, and the queue of a model
+        named ``m:alive`` must not be the liveness set of ``m``'s queue.
+        """
+        return f"{self.base}queue-alive:{model}"
 
     def excluded(self, node_id: str) -> str:
         """zset: model → end of the node's cool-down for that model (ms)."""

@@ -87,6 +87,9 @@ if best ~= nil then
     best = ties[(turn % #ties) + 1]
   end
   redis.call('ZADD', k_leases(best), now + lease_ttl, lease_id)
+  -- Every lease has the same TTL, so this one is the last to expire: the key goes with it
+  -- even if the node and every holder vanish.
+  redis.call('PEXPIRE', k_leases(best), lease_ttl)
   local inflight = redis.call('ZCARD', k_leases(best))
   local score, maxc = routing_score(best, inflight)
   update_scores(best, score)

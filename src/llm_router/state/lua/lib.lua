@@ -34,7 +34,7 @@ local function k_known() return BASE .. 'models:known' end
 local function k_created() return BASE .. 'models:created' end
 local function k_leases(id) return BASE .. 'leases:' .. id end
 local function k_queue(m) return BASE .. 'queue:' .. m end
-local function k_queue_alive(m) return BASE .. 'queue:' .. m .. ':alive' end
+local function k_queue_alive(m) return BASE .. 'queue-alive:' .. m end
 local function k_excluded(id) return BASE .. 'excluded:' .. id end
 local function k_events() return BASE .. 'events:capacity' end
 
@@ -147,8 +147,8 @@ local function refresh_liveness(id, now, alive_ttl, new_json, installed)
   sync_load_membership(id, now)
 end
 
--- Remove every trace of a node except its leases, which expire on their own and whose
--- holders release them harmlessly.
+-- Remove every trace of a node except its leases: their key expires with its last lease
+-- (acquire and renew set it), and their holders release them harmlessly meanwhile.
 local function forget_node(id)
   local key = k_node(id)
   local f = redis.call('HMGET', key, 'machine_name', 'runtime_port')

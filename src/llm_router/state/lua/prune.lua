@@ -20,7 +20,8 @@ for _, m in ipairs(models) do
   if redis.call('ZCARD', k_model_nodes(m)) == 0 then
     redis.call('ZREM', k_known(), m)
     redis.call('HDEL', k_created(), m)
-    redis.call('DEL', k_model_nodes(m), k_model_load(m), k_model_rr(m))
+    redis.call('DEL', k_model_nodes(m), k_model_load(m), k_model_rr(m), k_queue(m),
+      k_queue_alive(m))
   end
 end
 return {#stale, #models}
