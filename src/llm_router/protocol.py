@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     IPvAnyAddress,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -86,6 +87,14 @@ class RegisterRequest(_Wire):
     models: ModelList | None = None
     max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
     gpu_capability_score: float | None = Field(default=None, ge=0, le=10000)
+
+    @field_validator("ip_address", mode="before")
+    @classmethod
+    def _ip_is_text(cls, value: Any) -> Any:
+        # pydantic would read the integer 12 as 0.0.0.12: almost surely a client bug.
+        if not isinstance(value, str):
+            raise ValueError("must be an IP address string")
+        return value
 
     @property
     def api_port(self) -> int:
