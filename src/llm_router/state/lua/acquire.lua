@@ -42,64 +42,57 @@ if not my_turn then
   my_turn = redis.call('ZRANGE', qkey, 0, 0)[1] == ticket
 end
 
--- Walk the load index from the least loaded node. Entries that turn out dead, draining,
--- initializing or excluded are removed (lazy repair; the next heartbeat re-adds them when
--- they are eligible again); stale scores are corrected from the node's real leases.
+-- The load index is ordered by stored score. Take the best stored score, rotate among the
+-- nodes sharing it, and check only the one picked: alive, taking requests for this model,
+-- real in-flight count (expired leases pruned). An entry that fails the check is removed
+-- (lazy repair; the next heartbeat re-adds it once eligible) and a stale score is
+-- rewritten; either way the loop looks again. The common case is one pass.
 local load_key = k_model_load(model)
-local best, best_score, ties = nil, nil, {}
 local any_capable = false
-local offset, batch, done = 0, 8, false
-while my_turn and not done and offset < 64 do
-  local entries = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', offset, batch,
+local passes = 0
+while my_turn and passes < 16 do
+  passes = passes + 1
+  local head = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, 1,
     'WITHSCORES')
-  if #entries < batch * 2 then done = true end
-  for i = 1, #entries, 2 do
-    local id, stored = entries[i], tonumber(entries[i + 1])
-    -- Sorted by stored score: past the best real score (or with enough equals to rotate
-    -- among) nothing further down can win.
-    if best_score ~= nil and (stored > best_score or #ties >= 8) then
-      done = true
-      break
+  if #head == 0 then break end
+  local top = tonumber(head[2])
+  local pick = head[1]
+  if top < FULL then
+    local pool = redis.call('ZRANGE', load_key, top, top, 'BYSCORE', 'LIMIT', 0, 8)
+    if #pool > 1 then
+      pick = pool[(redis.call('INCR', k_model_rr(model)) % #pool) + 1]
     end
-    local alive_until = tonumber(redis.call('ZSCORE', k_alive(), id) or '0')
-    if alive_until <= now or not eligible(id, model, now) then
-      redis.call('ZREM', load_key, id)
-      offset = offset - 1
-    else
-      any_capable = true
-      local score = routing_score(id, in_flight(id, now))
-      if score ~= stored then update_scores(id, score) end
-      if score < FULL then
-        if best_score == nil or score < best_score then
-          best, best_score, ties = id, score, {id}
-        elseif score == best_score then
-          ties[#ties + 1] = id
-        end
-      end
-    end
-    offset = offset + 1
   end
-end
 
-if best ~= nil then
-  if #ties > 1 then
-    local turn = redis.call('INCR', k_model_rr(model))
-    best = ties[(turn % #ties) + 1]
+  local f = routing_fields(pick)
+  local alive_until = tonumber(redis.call('ZSCORE', k_alive(), pick) or '0')
+  local cooling = tonumber(redis.call('ZSCORE', k_excluded(pick), model) or '0')
+  if alive_until <= now or f[1] == '1' or f[2] == '1' or cooling > now then
+    redis.call('ZREM', load_key, pick)
+  else
+    any_capable = true
+    local inflight = in_flight(pick, now)
+    local score = score_of(f, inflight)
+    local models = decode_list(f[6])
+    if score < FULL and score <= top then
+      redis.call('ZADD', k_leases(pick), now + lease_ttl, lease_id)
+      -- Every lease has the same TTL, so this one is the last to expire: the key goes with
+      -- it even if the node and every holder vanish.
+      redis.call('PEXPIRE', k_leases(pick), lease_ttl)
+      inflight = inflight + 1
+      local new_score, maxc = score_of(f, inflight)
+      update_scores_for(models, pick, new_score)
+      if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
+        redis.call('ZREM', qalive, ticket)
+        -- The next in line may find a slot too; let its replica look.
+        if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
+      end
+      local addr = redis.call('HMGET', k_node(pick), 'ip_address', 'node_api_port')
+      return {'ok', pick, addr[1], addr[2], inflight, maxc}
+    end
+    if score == top then break end  -- accurate and full: every node is full
+    update_scores_for(models, pick, score)
   end
-  redis.call('ZADD', k_leases(best), now + lease_ttl, lease_id)
-  -- Every lease has the same TTL, so this one is the last to expire: the key goes with it
-  -- even if the node and every holder vanish.
-  redis.call('PEXPIRE', k_leases(best), lease_ttl)
-  local inflight = redis.call('ZCARD', k_leases(best))
-  local score, maxc = routing_score(best, inflight)
-  update_scores(best, score)
-  if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
-    redis.call('ZREM', qalive, ticket)
-    -- The next in line may find a slot too; let its replica look.
-    if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
-  end
-  local addr = redis.call('HMGET', k_node(best), 'ip_address', 'node_api_port')
-  return {'ok', best, addr[1], addr[2], inflight, maxc}
 end
 
 if not my_turn or any_capable then

@@ -59,44 +59,51 @@ local function in_flight(id, now)
   return redis.call('ZCARD', key)
 end
 
-local function routing_score(id, inflight)
-  local f = redis.call('HMGET', k_node(id), 'max_concurrency', 'gpu_capability_score',
-    'average_response_time_ms')
-  local maxc = tonumber(f[1]) or 1
-  if maxc < 1 then maxc = 1 end
-  local util = math.floor(math.min(inflight, maxc) * 1000000 / maxc)
-  local cap = math.floor(math.min(math.max(tonumber(f[2]) or 0, 0), 10000))
-  local lat = math.floor(math.min(math.max(tonumber(f[3]) or 0, 0), 99900) / 100)
-  return util * 1e7 + (10000 - cap) * 1e3 + lat, maxc
+-- The fields routing needs, read with one HMGET: draining, initializing, max_concurrency,
+-- gpu_capability_score, average_response_time_ms, executable_models.
+local function routing_fields(id)
+  return redis.call('HMGET', k_node(id), 'draining', 'initializing', 'max_concurrency',
+    'gpu_capability_score', 'average_response_time_ms', 'executable_models')
 end
 
--- Is the node taking new requests for this model right now (ignoring capacity)?
-local function eligible(id, model, now)
-  local f = redis.call('HMGET', k_node(id), 'draining', 'initializing')
-  if f[1] == '1' or f[2] == '1' then return false end
-  local until_ms = redis.call('ZSCORE', k_excluded(id), model)
-  if until_ms and tonumber(until_ms) > now then return false end
-  return true
+local function score_of(f, inflight)
+  local maxc = tonumber(f[3]) or 1
+  if maxc < 1 then maxc = 1 end
+  local util = math.floor(math.min(inflight, maxc) * 1000000 / maxc)
+  local cap = math.floor(math.min(math.max(tonumber(f[4]) or 0, 0), 10000))
+  local lat = math.floor(math.min(math.max(tonumber(f[5]) or 0, 0), 99900) / 100)
+  return util * 1e7 + (10000 - cap) * 1e3 + lat, maxc
 end
 
 -- Rewrite the node's score in the load index of each model it already sits in.
 -- XX: membership is decided by sync_load_membership (heartbeat, drain, exclusion), not here.
-local function update_scores(id, score)
-  local models = decode_list(redis.call('HGET', k_node(id), 'executable_models'))
+local function update_scores_for(models, id, score)
   for _, m in ipairs(models) do
     redis.call('ZADD', k_model_load(m), 'XX', score, id)
   end
 end
 
+-- Models of this node in cool-down right now, as a set.
+local function excluded_now(id, now)
+  local set = {}
+  for _, m in ipairs(redis.call('ZRANGE', k_excluded(id), '(' .. now, '+inf', 'BYSCORE')) do
+    set[m] = true
+  end
+  return set
+end
+
 -- Put the node into (or take it out of) the load index of each of its models.
 local function sync_load_membership(id, now)
-  local models = decode_list(redis.call('HGET', k_node(id), 'executable_models'))
-  local score = routing_score(id, in_flight(id, now))
+  local f = routing_fields(id)
+  local models = decode_list(f[6])
+  local score = score_of(f, in_flight(id, now))
+  local resting = f[1] == '1' or f[2] == '1'
+  local excluded = excluded_now(id, now)
   for _, m in ipairs(models) do
-    if eligible(id, m, now) then
-      redis.call('ZADD', k_model_load(m), score, id)
-    else
+    if resting or excluded[m] then
       redis.call('ZREM', k_model_load(m), id)
+    else
+      redis.call('ZADD', k_model_load(m), score, id)
     end
   end
 end
@@ -136,13 +143,17 @@ local function refresh_liveness(id, now, alive_ttl, new_json, installed)
     new_models = old
   end
   redis.call('ZADD', k_alive(), deadline, id)
+  local executable = {}
   for _, m in ipairs(new_models) do
+    executable[m] = true
     redis.call('ZADD', k_model_nodes(m), deadline, id)
-    redis.call('ZADD', k_known(), now, m)
-    redis.call('HSETNX', k_created(), m, math.floor(now / 1000))
+    -- ZADD answers 1 only for a model the fleet did not know yet.
+    if redis.call('ZADD', k_known(), now, m) == 1 then
+      redis.call('HSETNX', k_created(), m, math.floor(now / 1000))
+    end
   end
   for _, m in ipairs(installed or {}) do
-    redis.call('ZADD', k_known(), now, m)
+    if not executable[m] then redis.call('ZADD', k_known(), now, m) end
   end
   sync_load_membership(id, now)
 end

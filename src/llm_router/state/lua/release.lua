@@ -12,7 +12,8 @@ local id, lease_id, exclude = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
 redis.call('ZREM', k_leases(id), lease_id)
 local inflight = in_flight(id, now)
-if redis.call('EXISTS', k_node(id)) == 0 then return inflight end
+local f = routing_fields(id)
+if not f[3] then return inflight end  -- the node was removed meanwhile
 
 if exclude ~= '' then
   local until_ms = now + tonumber(ARGV[4])
@@ -22,6 +23,7 @@ if exclude ~= '' then
     'WITHSCORES')[2])
   redis.call('ZREM', k_model_load(exclude), id)
 end
-update_scores(id, (routing_score(id, inflight)))
-wake_queues(node_models(id))
+local models = decode_list(f[6])
+update_scores_for(models, id, (score_of(f, inflight)))
+wake_queues(models)
 return inflight
