@@ -280,6 +280,14 @@ class Cluster:
             self.wait_ready(router)
         return started
 
+    def wait_all(self) -> dict[str, str]:
+        """Wait for every router to be ready and every node online (processes start in
+        parallel; a node retries registration until its router answers). Returns machine
+        name → node id."""
+        for router in self.routers:
+            self.wait_ready(router)
+        return {node.machine_name: self.wait_online(node) for node in self.nodes}
+
     def close(self) -> None:
         for proc in self._procs:
             proc.kill()

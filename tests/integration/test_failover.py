@@ -32,7 +32,7 @@ SLOW_TOKENS_PER_S = 10
 class Fleet:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        (self.router,) = cluster.up(exclusion_cooldown_s=30)
+        self.router = cluster.start_router(exclusion_cooldown_s=30)
         start = cluster.start_node
         self.broken = start(
             ["fo-500", "fo-500-stream", "fo-500-only"], backend="metal", fail_mode="500"
@@ -41,10 +41,7 @@ class Fleet:
         self.healthy = start(["fo-500", "fo-500-stream", "fo-drop"], backend="cuda")
         self.dying = start(["fo-mid"], backend="cpu", fail_mode="midstream", tokens_per_s=100)
         self.slow = start(["fo-slow"], backend="cpu", tokens_per_s=SLOW_TOKENS_PER_S)
-        self.ids = {
-            n.machine_name: cluster.wait_online(n)
-            for n in (self.broken, self.dropper, self.healthy, self.dying, self.slow)
-        }
+        self.ids = cluster.wait_all()
 
     def excluded(self, machine_name: str) -> dict[str, object]:
         for record in self.cluster.nodes_view(self.router):

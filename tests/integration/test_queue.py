@@ -43,8 +43,6 @@ class Fleet:
         self.main = cluster.start_router(queue_timeout_s=10)
         self.tight = cluster.start_router(queue_max=1, queue_timeout_s=10)
         self.short = cluster.start_router(queue_timeout_s=1)
-        for router in (self.main, self.tight, self.short):
-            cluster.wait_ready(router)
         self.node = cluster.start_node(
             ["q-fifo", "q-full", "q-timeout", "q-gone"],
             backend="metal",
@@ -52,7 +50,7 @@ class Fleet:
             ttft_ms=5,
             tokens_per_s=TOKENS_PER_S,
         )
-        self.node_id = cluster.wait_online(self.node)
+        self.node_id = cluster.wait_all()[self.node.machine_name]
         self.keys = Keys(cluster.key_prefix)
 
 

@@ -31,11 +31,13 @@ LEASE_TTL_S = 2.0
 class Fleet:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.routers = cluster.up(routers=3, lease_ttl_s=LEASE_TTL_S, queue_timeout_s=15)
+        self.routers = [
+            cluster.start_router(lease_ttl_s=LEASE_TTL_S, queue_timeout_s=15) for _ in range(3)
+        ]
         self.node: SimNode = cluster.start_node(
             [MODEL], backend="cuda", max_concurrency=2, ttft_ms=300, tokens_per_s=200
         )
-        self.node_id = cluster.wait_online(self.node)
+        self.node_id = cluster.wait_all()[self.node.machine_name]
 
 
 @pytest.fixture(scope="module")

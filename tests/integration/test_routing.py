@@ -38,7 +38,7 @@ pytestmark = pytest.mark.redis
 class Fleet:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.r1, self.r2 = cluster.up(routers=2)
+        self.r1, self.r2 = cluster.start_router(), cluster.start_router()
         slow = {"ttft_ms": 250, "max_concurrency": 4}
         self.metal_a = cluster.start_node(
             [MLX, SHARED], backend="metal", machine_name="metal-a", **slow
@@ -54,7 +54,7 @@ class Fleet:
             **slow,
         )
         self.lonely = cluster.start_node([LONELY], backend="cpu", machine_name="lonely")
-        self.ids = {n.machine_name: cluster.wait_online(n) for n in self.nodes}
+        self.ids = cluster.wait_all()
 
     @property
     def nodes(self) -> list[SimNode]:
