@@ -1,0 +1,224 @@
+"""Real Redis topologies on loopback for the deployment tests: a 3-master Cluster, and a
+primary + replica + Sentinel set. Each server runs in memory only from a private temporary
+directory, in its own process group, and is killed when its topology closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from redis_server import RedisServerError, free_port
+
+START_TIMEOUT_S = 20.0
+LOOPBACK = "127.0.0.1"
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, OSError):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise RedisServerError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free (and exists) too."""
+    for _ in range(500):
+        port = random.randint(20000, 50000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RedisServerError("no free pair of ports for a cluster node")
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RedisServerError(f"{name} was not found on PATH (Debian: apt-get install redis)")
+    return path
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=2, decode_responses=True)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+    def log_tail(self, lines: int = 15) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Topology:
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="llmr-topo-")))
+    servers: list[Server] = field(default_factory=list)
+
+    def spawn(self, name: str, *args: str, port: int | None = None) -> Server:
+        port = port or free_port()
+        log = self.workdir / f"{name}-{port}.log"
+        process = subprocess.Popen(
+            [_binary("redis-server"), *args, "--port", str(port), "--bind", LOOPBACK,
+             "--dir", str(self.workdir), "--logfile", str(log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        server = Server(port, process, log)
+        self.servers.append(server)
+        _wait(lambda: bool(server.client().ping()), START_TIMEOUT_S, f"{name} on {port}")
+        return server
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.log.name}\n{s.log_tail()}" for s in self.servers)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class ClusterTopology(Topology):
+    @property
+    def masters(self) -> list[Server]:
+        return self.servers
+
+    @property
+    def url(self) -> str:
+        """Two seed nodes, as an operator would list them."""
+        seeds = ",".join(f"{LOOPBACK}:{s.port}" for s in self.servers[:2])
+        return f"redis+cluster://{seeds}"
+
+
+def start_cluster(masters: int = 3) -> ClusterTopology:
+    topo = ClusterTopology()
+    try:
+        for i in range(masters):
+            conf = topo.workdir / f"nodes-{i}.conf"
+            topo.spawn(
+                f"cluster{i}",
+                "--cluster-enabled", "yes", "--cluster-config-file", str(conf),
+                "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+                port=cluster_port(),
+            )  # fmt: skip
+        created = subprocess.run(
+            [_binary("redis-cli"), "--cluster", "create",
+             *(f"{LOOPBACK}:{s.port}" for s in topo.servers),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RedisServerError(f"redis-cli --cluster create failed:\n{created.stdout}")
+
+        def all_ok() -> bool:
+            return all(
+                s.client().cluster("INFO").get("cluster_state") == "ok" for s in topo.servers
+            )
+
+        _wait(all_ok, START_TIMEOUT_S, "cluster_state:ok on every master")
+    except BaseException:
+        topo.close()
+        raise
+    return topo
+
+
+@dataclass
+class SentinelTopology(Topology):
+    service: str = "mymaster"
+
+    @property
+    def primary(self) -> Server:
+        return self.servers[0]
+
+    @property
+    def replica(self) -> Server:
+        return self.servers[1]
+
+    @property
+    def sentinel(self) -> Server:
+        return self.servers[2]
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://{LOOPBACK}:{self.sentinel.port}/{self.service}"
+
+    def current_primary_port(self) -> int:
+        _host, port = self.sentinel.client().execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+        )
+        return int(port)
+
+
+def start_sentinel(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> SentinelTopology:
+    topo = SentinelTopology()
+    try:
+        primary = topo.spawn("primary", "--save", "", "--appendonly", "no")
+        replica = topo.spawn(
+            "replica", "--save", "", "--appendonly", "no",
+            "--replicaof", LOOPBACK, str(primary.port),
+        )  # fmt: skip
+        _wait(
+            lambda: replica.client().info("replication").get("master_link_status") == "up",
+            START_TIMEOUT_S,
+            "the replica to sync",
+        )
+        conf = topo.workdir / "sentinel.conf"
+        # Sentinel rewrites its config file, so it must be a private writable file.
+        conf.write_text(
+            f"sentinel monitor {topo.service} {LOOPBACK} {primary.port} 1\n"
+            f"sentinel down-after-milliseconds {topo.service} {down_after_ms}\n"
+            f"sentinel failover-timeout {topo.service} {failover_timeout_ms}\n"
+        )
+        sentinel = topo.spawn("sentinel", str(conf), "--sentinel")
+
+        def sees_replica() -> bool:
+            replicas = sentinel.client().execute_command("SENTINEL", "REPLICAS", topo.service)
+            return any("s_down" not in str(r) for r in replicas) and bool(replicas)
+
+        _wait(sees_replica, START_TIMEOUT_S, "the sentinel to discover the replica")
+    except BaseException:
+        topo.close()
+        raise
+    return topo
+
+
+@contextlib.contextmanager
+def opened(topology: Topology) -> Iterator[Topology]:
+    try:
+        yield topology
+    finally:
+        print(topology.logs())
+        topology.close()
