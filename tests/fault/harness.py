@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import redis
 
+from llm_router.state.keys import Keys
 from redis_server import free_port
 
 
@@ -146,21 +147,28 @@ class BlackHoleNode:
 
 def fleet_counts(client: redis.Redis, prefix: str) -> dict[str, int]:
     """Live leases and queue tickets of a fleet, straight from Redis (what would leak)."""
-    base = f"{{{prefix}}}:"
+    keys = Keys(prefix)
     now_ms = int(client.time()[0]) * 1000
     counts = {"leases": 0, "tickets": 0}
-    for key in client.scan_iter(match=f"{base}leases:*"):
+    for key in client.scan_iter(match=keys.leases("*")):
         counts["leases"] += int(client.zcount(key, now_ms, "+inf"))
-    for key in client.scan_iter(match=f"{base}queue:*"):
-        if not key.endswith(b":alive"):
-            counts["tickets"] += int(client.zcard(key))
+    # A ticket is live while its waiter renews it; a dead one is pruned by the next acquire.
+    for key in client.scan_iter(match=keys.queue_alive("*")):
+        counts["tickets"] += int(client.zcount(key, now_ms, "+inf"))
     return counts
+
+
+def queue_members(client: redis.Redis, prefix: str) -> int:
+    """Every ticket in every queue, dead or alive."""
+    keys = Keys(prefix)
+    alive = {k for k in client.scan_iter(match=keys.queue_alive("*"))}
+    queues = [k for k in client.scan_iter(match=keys.queue("*")) if k not in alive]
+    return sum(int(client.zcard(k)) for k in queues)
 
 
 def lease_members(client: redis.Redis, prefix: str) -> int:
     """Every lease entry, expired or not (an expired one is pruned lazily)."""
-    base = f"{{{prefix}}}:"
-    return sum(int(client.zcard(k)) for k in client.scan_iter(match=f"{base}leases:*"))
+    return sum(int(client.zcard(k)) for k in client.scan_iter(match=Keys(prefix).leases("*")))
 
 
 def kill_group(pid: int) -> None:
