@@ -13,14 +13,16 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from integration.conftest import open_cluster
 from integration.probes import ConcurrencyProbe, chat_body
-from integration.procs import Cluster, Router, SimNode
+from integration.procs import FAST_ROUTER_FLAGS, Cluster, Router, SimNode
+from llm_router.state.keys import Keys
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -109,3 +111,56 @@ async def test_killed_replica_leases_expire_and_capacity_returns(
         later = await asyncio.gather(*(chat(http, survivors[i % 2]) for i in range(8)))
     assert [r.status_code for r in later] == [200] * 8
     assert probe.peak <= 2
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_killed_replica_queued_ticket_does_not_block_the_queue(
+    fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    keeper = fleet.routers[0]
+    doomed = next(r for r in fleet.routers[1:] if r.proc.alive)
+    queue = Keys(fleet.cluster.key_prefix).queue(MODEL)
+    store = aioredis.from_url(fleet.cluster.redis_url)
+
+    async def slots_taken() -> bool:
+        return await leases_held(http, keeper) == 2
+
+    async def queued() -> int:
+        return int(await store.zcard(queue))
+
+    async def one_queued() -> bool:
+        return await queued() == 1
+
+    async def two_queued() -> bool:
+        return await queued() == 2
+
+    try:
+        # Both slots busy for ~1 s, then a waiter on the doomed replica heads the queue and
+        # one on the keeper stands behind it.
+        holders = [asyncio.create_task(chat(http, keeper, max_tokens=141)) for _ in range(2)]
+        await eventually(slots_taken, "the holders have both slots")
+        ghost = asyncio.create_task(chat(http, doomed))
+        await eventually(one_queued, "the doomed replica's request is queued")
+        behind = asyncio.create_task(chat(http, keeper))
+        await eventually(two_queued, "the second waiter is queued")
+        doomed.proc.signal_group(signal.SIGKILL)
+        killed = time.monotonic()
+
+        assert [(await h).status_code for h in holders] == [200, 200]
+        served = await behind
+        # Not stuck behind a dead ticket until its own queue timeout (15 s): the ticket
+        # dies once its replica stops renewing it.
+        assert served.status_code == 200, served.text
+        assert served.headers["x-queue-status"] == "queued"
+        ticket_ttl_s = float(FAST_ROUTER_FLAGS["queue_ticket_ttl_s"])
+        assert time.monotonic() - killed < ticket_ttl_s + 2.5
+        assert isinstance((await asyncio.gather(ghost, return_exceptions=True))[0], Exception)
+        assert await queued() == 0
+    finally:
+        await store.aclose()
