@@ -52,15 +52,18 @@ local any_capable = false
 local passes = 0
 while my_turn and passes < 16 do
   passes = passes + 1
-  local head = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, 1,
+  -- The best few entries in one read; those sharing the best stored score form the
+  -- rotation pool.
+  local head = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, 8,
     'WITHSCORES')
   if #head == 0 then break end
   local top = tonumber(head[2])
   local pick = head[1]
   if top < FULL then
-    local pool = redis.call('ZRANGE', load_key, top, top, 'BYSCORE', 'LIMIT', 0, 8)
-    if #pool > 1 then
-      pick = pool[(redis.call('INCR', k_model_rr(model)) % #pool) + 1]
+    local pool = 1
+    while pool * 2 + 2 <= #head and tonumber(head[pool * 2 + 2]) == top do pool = pool + 1 end
+    if pool > 1 then
+      pick = head[((redis.call('INCR', k_model_rr(model)) % pool) * 2) + 1]
     end
   end
 
@@ -71,7 +74,8 @@ while my_turn and passes < 16 do
     redis.call('ZREM', load_key, pick)
   else
     any_capable = true
-    local inflight = in_flight(pick, now)
+    -- Counted, not pruned: release and heartbeat prune; a read keeps this path cheap.
+    local inflight = redis.call('ZCOUNT', k_leases(pick), '(' .. now, '+inf')
     local score = score_of(f, inflight)
     local models = decode_list(f[6])
     if score < FULL and score <= top then
@@ -87,8 +91,7 @@ while my_turn and passes < 16 do
         -- The next in line may find a slot too; let its replica look.
         if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
       end
-      local addr = redis.call('HMGET', k_node(pick), 'ip_address', 'node_api_port')
-      return {'ok', pick, addr[1], addr[2], inflight, maxc}
+      return {'ok', pick, f[7], f[8], inflight, maxc}
     end
     if score == top then break end  -- accurate and full: every node is full
     update_scores_for(models, pick, score)

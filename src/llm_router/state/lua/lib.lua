@@ -60,10 +60,12 @@ local function in_flight(id, now)
 end
 
 -- The fields routing needs, read with one HMGET: draining, initializing, max_concurrency,
--- gpu_capability_score, average_response_time_ms, executable_models.
+-- gpu_capability_score, average_response_time_ms, executable_models, ip_address,
+-- node_api_port.
 local function routing_fields(id)
   return redis.call('HMGET', k_node(id), 'draining', 'initializing', 'max_concurrency',
-    'gpu_capability_score', 'average_response_time_ms', 'executable_models')
+    'gpu_capability_score', 'average_response_time_ms', 'executable_models', 'ip_address',
+    'node_api_port')
 end
 
 local function score_of(f, inflight)
