@@ -1,4 +1,4 @@
-"""The router's own probes: liveness, readiness, metrics."""
+"""The router's own probes: liveness, readiness, metrics (and the dashboard's routes)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.response import Response as PlainResponse
 
+from llm_router.api import dashboard
 from llm_router.api.nodes import fleet_of
 from llm_router.errors import ShuttingDown, StateStoreUnavailable
 from llm_router.state.scripts import STORE_DOWN_ERRORS
@@ -34,16 +35,16 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 
 @get("/metrics", media_type="text/plain; version=0.0.4")
 async def metrics(request: Request[Any, Any, Any]) -> PlainResponse[str]:
+    """This replica's counters and histograms plus fleet-wide gauges read from Redis.
+
+    A Redis outage does not fail the scrape: ``llm_router_fleet_state_up`` drops to 0 and
+    the replica's own series are still exported.
+    """
     fleet = fleet_of(request)
-    lines = [
-        "# HELP llm_router_leases_held Leases this replica holds right now.",
-        "# TYPE llm_router_leases_held gauge",
-        f"llm_router_leases_held {fleet.dispatcher.held}",
-        "# HELP llm_router_queue_waiters Requests this replica has waiting in the queue.",
-        "# TYPE llm_router_queue_waiters gauge",
-        f"llm_router_queue_waiters {fleet.events.waiting()}",
-    ]
-    return PlainResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    text = await fleet.telemetry.render(
+        leases_held=fleet.dispatcher.held, queue_waiters=fleet.events.waiting()
+    )
+    return PlainResponse(text, media_type="text/plain; version=0.0.4")
 
 
-HANDLERS = [healthz, readyz, metrics]
+HANDLERS = [healthz, readyz, metrics, *dashboard.HANDLERS]

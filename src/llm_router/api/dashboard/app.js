@@ -1,0 +1,158 @@
+// The fleet dashboard: polls /dashboard/api/state and redraws. No framework, no build step.
+// Every value from the fleet is written with textContent, never as HTML.
+"use strict";
+
+const POLL_MS = 2000;
+const KEY_STORE = "llm-router-admin-key";
+const $ = (id) => document.getElementById(id);
+
+function el(tag, props, children) {
+  const node = document.createElement(tag);
+  if (props) {
+    for (const [k, v] of Object.entries(props)) {
+      if (k === "text") node.textContent = v;
+      else if (k === "class") node.className = v;
+      else if (k.startsWith("data-")) node.setAttribute(k, v);
+      else node[k] = v;
+    }
+  }
+  for (const child of children || []) node.appendChild(child);
+  return node;
+}
+
+function ago(seconds) {
+  if (seconds == null || !isFinite(seconds)) return "never";
+  if (seconds < 1) return "just now";
+  if (seconds < 90) return Math.round(seconds) + " s ago";
+  if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
+  return Math.round(seconds / 3600) + " h ago";
+}
+
+function clock(ts) {
+  return new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+function tags(values, excluded) {
+  return (values || []).map((v) =>
+    el("span", { class: "tag" + (excluded && v in excluded ? " excluded" : ""), text: v }));
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function nodeRow(n, now) {
+  const cap = Math.max(1, n.max_concurrency || 1);
+  const used = n.in_flight || 0;
+  const pct = Math.min(100, Math.round((100 * used) / cap));
+  const bar = el("span", { class: "bar" + (used >= cap ? " full" : "") }, [el("i")]);
+  bar.firstChild.style.width = pct + "%";
+  return el("tr", {
+    class: n.status,
+    "data-node-id": n.id,
+    "data-machine": n.machine_name,
+    "data-status": n.status,
+  }, [
+    el("td", {}, [
+      el("div", { text: n.machine_name }),
+      el("div", { class: "mono sub", text: `${n.ip_address}:${n.node_api_port} · ${n.id.slice(0, 8)}` }),
+    ]),
+    el("td", {}, [el("span", { class: "pill be", text: n.gpu_backend })]),
+    el("td", {}, [el("span", { class: "pill st-" + n.status, text: n.status })]),
+    el("td", {}, [bar, el("span", { text: pct + "%" })]),
+    el("td", { class: "mono", text: `${used} / ${cap}` }),
+    el("td", { text: ago(n.last_seen ? now - n.last_seen : null) }),
+    el("td", {}, tags(n.executable_models, n.excluded_models)),
+  ]);
+}
+
+function modelRow(m) {
+  return el("tr", { "data-model": m.id }, [
+    el("td", { class: "mono", text: m.id }),
+    el("td", { text: String(m.online_nodes) }),
+    el("td", {}, m.backends.map((b) => el("span", { class: "pill be", text: b }))),
+    el("td", { text: String(m.queue_depth) }),
+    el("td", {}, m.nodes.map((n) =>
+      el("span", { class: "tag" + (n.status === "online" ? "" : " excluded"), text: n.machine_name }))),
+  ]);
+}
+
+function decisionRow(d, names) {
+  const ok = d.outcome === "routed" || d.outcome === "queued";
+  const cls = ok ? "o-" + d.outcome : d.outcome === "failover" ? "o-failover" : "o-err";
+  return el("tr", {}, [
+    el("td", { class: "mono", text: clock(d.ts) }),
+    el("td", { class: "mono", text: d.replica || "" }),
+    el("td", { class: "mono", text: d.model }),
+    el("td", { text: d.node ? names[d.node] || d.node.slice(0, 8) : "–" }),
+    el("td", { class: cls, text: d.outcome }),
+    el("td", { class: "mono", text: String(d.status) }),
+    el("td", { text: String(d.attempts) }),
+    el("td", { class: "mono", text: String(d.queue_wait_ms) }),
+    el("td", { class: "mono", text: String(d.duration_ms) }),
+    el("td", { class: "mono", text: d.request_id }),
+  ]);
+}
+
+function render(state) {
+  const now = state.generated_at;
+  const names = {};
+  for (const n of state.nodes) names[n.id] = n.machine_name;
+  const online = state.nodes.filter((n) => n.status === "online");
+  $("replica").textContent = state.replica;
+  $("store").textContent = state.store;
+  $("updated").textContent = clock(now);
+  $("c-online").textContent = `${online.length} / ${state.nodes.length}`;
+  $("c-models").textContent = String(state.models.filter((m) => m.online_nodes > 0).length);
+  const inflight = state.nodes.reduce((s, n) => s + (n.in_flight || 0), 0);
+  const capacity = online.reduce((s, n) => s + (n.max_concurrency || 0), 0);
+  $("c-inflight").textContent = `${inflight} / ${capacity}`;
+  $("c-queued").textContent = String(state.models.reduce((s, m) => s + m.queue_depth, 0));
+  fill(document.querySelector("#nodes tbody"), state.nodes.map((n) => nodeRow(n, now)));
+  $("nodes-empty").hidden = state.nodes.length > 0;
+  fill(document.querySelector("#models tbody"), state.models.map(modelRow));
+  fill(document.querySelector("#decisions tbody"), state.decisions.map((d) => decisionRow(d, names)));
+}
+
+function setConn(text, cls) {
+  const c = $("conn");
+  c.textContent = text;
+  c.className = "pill " + cls;
+}
+
+async function poll() {
+  const headers = {};
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key) headers["Authorization"] = "Bearer " + key;
+  try {
+    const resp = await fetch("/dashboard/api/state", { headers, cache: "no-store" });
+    if (resp.status === 401 || resp.status === 403) {
+      $("login").hidden = false;
+      $("main").hidden = true;
+      if (key) $("login-error").textContent = "That key was not accepted.";
+      setConn("locked", "pill-wait");
+      return;
+    }
+    const body = await resp.json();
+    if (!resp.ok) {
+      setConn(body.error ? body.error.code : "error " + resp.status, "pill-bad");
+      return;
+    }
+    $("login").hidden = true;
+    $("main").hidden = false;
+    render(body);
+    setConn("live", "pill-ok");
+  } catch (err) {
+    setConn("unreachable", "pill-bad");
+  }
+}
+
+$("login").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY_STORE, $("key").value.trim());
+  $("login-error").textContent = "";
+  poll();
+});
+
+poll();
+setInterval(poll, POLL_MS);
