@@ -16,8 +16,6 @@ from deploy.topologies import ClusterTopology
 from integration.test_routing import *  # noqa: F403  (the suite, collected here too)
 from llm_router.state.keys import Keys
 
-pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
 
 @pytest.fixture(scope="module")
 def redis_url(redis_cluster: ClusterTopology) -> str:
@@ -32,10 +30,7 @@ def test_the_fleet_state_lives_on_the_cluster(
     assert fleet.cluster.redis_url == redis_cluster.url
     # Every key of the fleet shares one hash-tag slot, so one master holds all of them.
     slot = key_slot(keys.base.encode())
-    counts = [
-        int(m.client().execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
-        for m in redis_cluster.masters
-    ]
+    counts = [int(m.client().cluster("COUNTKEYSINSLOT", slot)) for m in redis_cluster.masters]
     assert sorted(counts)[:-1] == [0, 0] and max(counts) > len(fleet.nodes)
     first = redis_cluster.masters[0]
     client = RedisCluster(host="127.0.0.1", port=first.port, decode_responses=True)

@@ -176,9 +176,7 @@ class SentinelTopology(Topology):
         return f"redis+sentinel://{LOOPBACK}:{self.sentinel.port}/{self.service}"
 
     def current_primary_port(self) -> int:
-        _host, port = self.sentinel.client().execute_command(
-            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
-        )
+        _host, port = self.sentinel.client().sentinel_get_master_addr_by_name(self.service)
         return int(port)
 
 
@@ -205,7 +203,7 @@ def start_sentinel(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -
         sentinel = topo.spawn("sentinel", str(conf), "--sentinel")
 
         def sees_replica() -> bool:
-            replicas = sentinel.client().execute_command("SENTINEL", "REPLICAS", topo.service)
+            replicas = sentinel.client().sentinel_slaves(topo.service)
             return any("s_down" not in str(r) for r in replicas) and bool(replicas)
 
         _wait(sees_replica, START_TIMEOUT_S, "the sentinel to discover the replica")
