@@ -32,6 +32,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(body).decode()
 
 
+class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The access log's own handler, so it is installed once however often apps are built."""
+
+
 def access_logger() -> logging.Logger:
     """The access logger, writing bare JSON lines to stdout.
 
@@ -39,8 +43,8 @@ def access_logger() -> logging.Logger:
     second format. The handler is installed once per process: logging is process-wide.
     """
     logger = logging.getLogger(ACCESS_LOGGER)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, AccessLineHandler) for h in logger.handlers):
+        handler = AccessLineHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
