@@ -96,6 +96,7 @@ class FleetView:
         queue_depth = dict(zip(known, depths, strict=True))
 
         nodes = [{k: r.get(k) for k in _NODE_FIELDS} for r in records]
+        nodes.sort(key=lambda n: (str(n["machine_name"]), int(n["runtime_port"] or 0)))
         by_model: dict[str, list[dict[str, Any]]] = {m: [] for m in known}
         for node in nodes:
             for model in node.get("executable_models") or []:
