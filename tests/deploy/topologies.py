@@ -183,7 +183,10 @@ class SentinelTopology(Topology):
 def start_sentinel(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> SentinelTopology:
     topo = SentinelTopology()
     try:
-        primary = topo.spawn("primary", "--save", "", "--appendonly", "no")
+        # No diskless-sync delay: the replica's first sync would otherwise wait 5 s.
+        primary = topo.spawn(
+            "primary", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"
+        )
         replica = topo.spawn(
             "replica", "--save", "", "--appendonly", "no",
             "--replicaof", LOOPBACK, str(primary.port),
