@@ -166,11 +166,11 @@ async def test_primary_killed_during_traffic(
     # The fleet reads back from the new primary: both nodes online, the model list intact.
     statuses = {r["machine_name"]: r["status"] for r in fleet.nodes_view()}
     assert statuses == {"mac": "online", "cuda": "online"}
-    reply = await sdk(fleet.routers[1]).chat.completions.with_raw_response.create(
+    raw = await sdk(fleet.routers[1]).chat.completions.with_raw_response.create(
         model=METAL_ONLY, messages=[{"role": "user", "content": "again"}]
     )
-    assert reply.headers["x-llm-router-node"] == fleet.node_ids()["mac"]
-    assert isinstance(reply.parse(), openai.types.chat.ChatCompletion)
+    assert raw.headers["x-llm-router-node"] == fleet.node_ids()["mac"]
+    assert isinstance(raw.parse(), openai.types.chat.ChatCompletion)
 
     # Queue wake-ups follow the failover too: both replicas re-subscribed on the new primary.
     channel = Keys(fleet.key_prefix).events

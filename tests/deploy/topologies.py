@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -176,8 +177,8 @@ class SentinelTopology(Topology):
         return f"redis+sentinel://{LOOPBACK}:{self.sentinel.port}/{self.service}"
 
     def current_primary_port(self) -> int:
-        _host, port = self.sentinel.client().sentinel_get_master_addr_by_name(self.service)
-        return int(port)
+        address: Any = self.sentinel.client().sentinel_get_master_addr_by_name(self.service)
+        return int(address[1])
 
 
 def start_sentinel(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> SentinelTopology:
