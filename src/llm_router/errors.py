@@ -21,8 +21,9 @@ they occur with ``raise ... from exc``; none of them reaches a client as a trace
     │   ├── NoCapableNodes             503 no_capable_nodes       (Retry-After)
     │   ├── StateStoreUnavailable      503 state_store_unavailable
     │   └── ShuttingDown               503 shutting_down
-    └── GatewayTimeout                 504 upstream_timeout
-        └── QueueTimeout               504 queue_timeout
+    ├── GatewayTimeout                 504 upstream_timeout
+    │   └── QueueTimeout               504 queue_timeout
+    └── ClientClosedRequest            499 client_closed_request (nobody is left to read it)
 """
 
 from __future__ import annotations
@@ -151,3 +152,11 @@ class GatewayTimeout(RouterError):
 
 class QueueTimeout(GatewayTimeout):
     code = "queue_timeout"
+
+
+class ClientClosedRequest(RouterError):
+    """The client went away while its request waited; what we answer is never read."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_closed_request"

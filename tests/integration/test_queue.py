@@ -159,11 +159,6 @@ async def test_queue_timeout_is_504(fleet: Fleet, http: httpx.AsyncClient) -> No
         await client.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router does not notice a queued client's disconnect: the ticket stays in the "
-    "queue and the abandoned request is later served (see report)",
-)
 async def test_client_that_disconnects_while_queued_frees_its_place(
     fleet: Fleet, http: httpx.AsyncClient
 ) -> None:

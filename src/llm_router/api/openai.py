@@ -64,7 +64,15 @@ async def _forward(request: Request[Any, Any, Any], path: str) -> Response[bytes
         body=body,
         headers=request.headers,
         request_id=request_id_of(request),
+        client_gone=lambda: _disconnected(request),
     )
+
+
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
+    """Return once the client has gone. Only called after the body was read in full, when
+    the server's next message can only be the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @post("/v1/chat/completions")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -107,10 +107,13 @@ class Proxy:
         body: bytes,
         headers: Mapping[str, str],
         request_id: str,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
     ) -> Response[bytes] | Stream:
         trace = self._observer.begin(model, request_id)
         try:
-            response = await self._forward(path, model, body, headers, request_id, trace)
+            response = await self._forward(
+                path, model, body, headers, request_id, trace, client_gone
+            )
         except BaseException as exc:
             self._observer.failed(trace, exc)
             raise
@@ -126,6 +129,7 @@ class Proxy:
         headers: Mapping[str, str],
         request_id: str,
         trace: RequestTrace,
+        client_gone: Callable[[], Awaitable[object]] | None,
     ) -> Response[bytes] | Stream:
         assert self._session is not None, "Proxy.start() was not awaited"
         out_headers = {h: headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in headers}
@@ -134,7 +138,7 @@ class Proxy:
         busy_response: tuple[int, bytes, dict[str, str]] | None = None
         for _attempt in range(self._config.max_attempts):
             try:
-                lease = await self._dispatcher.acquire(model)
+                lease = await self._dispatcher.acquire(model, client_gone)
             except NoCapableNodes:
                 # Every node is excluded or gone; report what the last one said.
                 if busy_response is not None:
@@ -158,7 +162,8 @@ class Proxy:
                     cooldown_ms=failed.cooldown_ms,
                 )
             except BaseException:
-                await self._dispatcher.release(lease)
+                # Cancelled (client gone) or a bug: free the slot without awaiting anything.
+                self._dispatcher.release_soon(lease)
                 raise
         if busy_response is not None:
             status, content, resp_headers = busy_response
@@ -211,7 +216,7 @@ class Proxy:
                     UpstreamError(f"node {lease.node_id} failed mid-response: {exc}")
                 ) from exc
             trace.answered()
-            await self._dispatcher.release(lease)
+            self._dispatcher.release_soon(lease)
             return Response(content, status_code=status, headers=response_headers)
 
         try:
@@ -258,7 +263,7 @@ class Proxy:
         finally:
             upstream.release()
             self._observer.finish(trace, status, broken=broken)
-            await asyncio.shield(self._dispatcher.release(lease))
+            self._dispatcher.release_soon(lease)
 
     def _fail(self, error: RouterError) -> _AttemptFailed:
         return _AttemptFailed(error, exclude=True, cooldown_ms=self._config.exclusion_cooldown_ms)

@@ -25,6 +25,7 @@ class Waiter:
     ticket: str = field(compare=False)
     model: str = field(compare=False)
     wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
+    abandoned: bool = field(compare=False, default=False)
 
 
 class CapacityEvents:

@@ -14,9 +14,11 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from llm_router.errors import (
+    ClientClosedRequest,
     ModelNotFound,
     NoCapableNodes,
     QueueFull,
@@ -56,13 +58,23 @@ class Dispatcher:
         self._limits = limits
         self._leases: dict[str, str] = {}
         self._renewer: asyncio.Task[None] | None = None
+        # Leases ended but not yet released in Redis, and the flushes sending them.
+        self._ending: list[tuple[str, str, str, int]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
         self.closing = False
 
     @property
     def held(self) -> int:
         return len(self._leases)
 
-    async def acquire(self, model: str) -> Lease:
+    async def acquire(
+        self, model: str, client_gone: Callable[[], Awaitable[object]] | None = None
+    ) -> Lease:
+        """A lease on a node for ``model``, queueing if needed.
+
+        ``client_gone`` resolves when the client disconnects; it is only watched while the
+        request waits in the queue, so the common path costs nothing extra.
+        """
         if self.closing:
             raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
         ticket = uuid.uuid4().hex
@@ -71,7 +83,7 @@ class Dispatcher:
             return self._hold(result, queued_ms=None)
         if isinstance(result, Refused):
             raise self._refusal(model, result)
-        return await self._wait(model, ticket, result)
+        return await self._wait(model, ticket, result, client_gone)
 
     async def _try(self, model: str, ticket: str) -> Granted | Queued | Refused:
         return await self._scripts.acquire(
@@ -109,11 +121,20 @@ class Dispatcher:
             param="model",
         )
 
-    async def _wait(self, model: str, ticket: str, queued: Queued) -> Lease:
+    async def _wait(
+        self,
+        model: str,
+        ticket: str,
+        queued: Queued,
+        client_gone: Callable[[], Awaitable[object]] | None,
+    ) -> Lease:
         started = time.monotonic()
         deadline = started + self._limits.queue_timeout_s
         waiter = Waiter(arrival_us=queued.arrival_us, ticket=ticket, model=model)
         self._events.add(waiter)
+        watcher = None
+        if client_gone is not None:
+            watcher = asyncio.ensure_future(self._watch(client_gone, waiter))
         granted = False
         try:
             while True:
@@ -125,10 +146,14 @@ class Dispatcher:
                     )
                 if self.closing:
                     raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
+                if waiter.abandoned:
+                    raise ClientClosedRequest("the client disconnected while queued")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(remaining, self._limits.poll_interval_s)):
                         await waiter.wake.wait()
                 waiter.wake.clear()
+                if waiter.abandoned:
+                    continue
                 result = await self._try(model, ticket)
                 if isinstance(result, Granted):
                     granted = True
@@ -137,6 +162,8 @@ class Dispatcher:
                     granted = True  # the script already took the ticket out
                     raise self._refusal(model, result)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self._events.remove(waiter)
             if not granted:
                 # Timeout, shutdown or the client went away: free our place at once. Shielded
@@ -144,7 +171,15 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._scripts.leave_queue(model=model, ticket=ticket))
 
+    @staticmethod
+    async def _watch(client_gone: Callable[[], Awaitable[object]], waiter: Waiter) -> None:
+        with contextlib.suppress(Exception):
+            await client_gone()
+            waiter.abandoned = True
+            waiter.wake.set()
+
     async def release(self, lease: Lease, *, exclude_model: str = "", cooldown_ms: int = 0) -> None:
+        """Release now and wait for it: a failover must not pick the excluded node again."""
         self._leases.pop(lease.lease_id, None)
         try:
             await self._scripts.release(
@@ -157,12 +192,36 @@ class Dispatcher:
             # The lease expires by itself; nothing is lost but a little capacity for a while.
             log.warning("could not release lease %s on %s: %s", lease.lease_id, lease.node_id, exc)
 
+    def release_soon(self, lease: Lease) -> None:
+        """End a lease without making the client wait for Redis.
+
+        Leases ended in the same turn of the event loop go out in one script call, so a busy
+        replica pays one round trip for many releases. Stopping the dispatcher flushes them.
+        """
+        if self._leases.pop(lease.lease_id, None) is None:
+            return
+        self._ending.append((lease.node_id, lease.lease_id, "", 0))
+        if len(self._ending) == 1:
+            task = asyncio.get_running_loop().create_task(self._flush_releases())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush_releases(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this loop turn add its releases
+        batch, self._ending = self._ending, []
+        try:
+            await self._scripts.release_many(batch)
+        except RouterError as exc:
+            log.warning("could not release %d leases: %s (they will expire)", len(batch), exc)
+
     # --- keep-alive -----------------------------------------------------------------------
 
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewer")
 
     async def stop(self) -> None:
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

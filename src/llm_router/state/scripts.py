@@ -220,7 +220,15 @@ class FleetScripts:
     async def release(
         self, *, node_id: str, lease_id: str, exclude_model: str = "", cooldown_ms: int = 0
     ) -> int:
-        return int(await self._call("release", node_id, lease_id, exclude_model, cooldown_ms))
+        (in_flight,) = await self.release_many([(node_id, lease_id, exclude_model, cooldown_ms)])
+        return in_flight
+
+    async def release_many(self, leases: Sequence[tuple[str, str, str, int]]) -> list[int]:
+        """End (node id, lease id, model to exclude or "", cool-down ms) leases at once."""
+        args: list[str | int] = [len(leases)]
+        for lease in leases:
+            args += lease
+        return [int(n) for n in await self._call("release", *args)]
 
     async def renew(
         self,
