@@ -1,0 +1,193 @@
+"""The fleet dashboard in a real headless Chromium, against real processes: two router
+replicas on a real redis-server and simulated nodes.
+
+Chromium loads ``/dashboard``, runs its script (which polls ``/dashboard/api/state``) and
+dumps the resulting DOM; the test reads the rendered tables. Chromium is a test
+requirement (Debian: ``chromium``), not an optional extra: without it these tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import httpx
+import pytest
+
+from integration.procs import Cluster, Router, wait_until
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # tests may run as root, where the sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
+
+
+def chromium() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("no Chromium found: install Debian's 'chromium' package to run the dashboard tests")
+
+
+class Rows(HTMLParser):
+    """Collects the ``data-*`` attributes of table rows and the text of selected ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[str, str] = {}
+        self.models: list[str] = []
+        self.decision_cells: list[str] = []
+        self.hidden: set[str] = set()
+        self._in_decisions = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "tr" and a.get("data-machine"):
+            self.nodes[str(a["data-machine"])] = str(a.get("data-status"))
+        if tag == "tr" and a.get("data-model"):
+            self.models.append(str(a["data-model"]))
+        if tag == "table" and a.get("id") == "decisions":
+            self._in_decisions = True
+        if "hidden" in a and a.get("id"):
+            self.hidden.add(str(a["id"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_decisions = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_decisions and data.strip():
+            self.decision_cells.append(data.strip())
+
+
+def browse(url: str, *, budget_ms: int = 2500, screenshot: Path | None = None) -> str:
+    profile = tempfile.mkdtemp(prefix="llmr-chromium-")
+    try:
+        args = [
+            chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}",
+            "--window-size=1360,1100",
+        ]
+        args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+        done = subprocess.run(
+            [*args, url], capture_output=True, timeout=90, check=False, cwd=profile
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+        return done.stdout.decode()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def rendered(router: Router) -> Rows:
+    dom = browse(f"{router.url}/dashboard")
+    assert 'id="conn" class="pill pill-ok">live<' in dom, dom[:3000]
+    rows = Rows()
+    rows.feed(dom)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fleet(redis_server: object) -> Iterator[Cluster]:
+    url: str = redis_server.url  # type: ignore[attr-defined]
+    cluster = Cluster(url)
+    try:
+        cluster.up(routers=2, access_log=True)
+        yield cluster
+    finally:
+        print(cluster.logs())
+        cluster.close()
+
+
+def test_every_replica_shows_the_fleet_and_a_node_going_offline(
+    fleet: Cluster, tmp_path: Path
+) -> None:
+    first, second = fleet.routers
+    mac = fleet.start_node(["m-gguf", "m-mlx"], backend="metal", machine_name="mac-dash")
+    cuda = fleet.start_node(["m-gguf"], backend="cuda", machine_name="cuda-dash", router=second)
+    fleet.wait_online(mac)
+    fleet.wait_online(cuda)
+    sent = []
+    for i, router in enumerate((first, second, first)):
+        rid = f"dash-{i}"
+        r = httpx.post(
+            f"{router.api_base}/chat/completions",
+            json={"model": "m-gguf", "max_tokens": 2},
+            headers={"x-request-id": rid},
+            timeout=10,
+        )
+        assert r.status_code == 200
+        sent.append(rid)
+    time.sleep(1.0)  # the replicas flush recent decisions to Redis every 0.5 s
+
+    views = [rendered(first), rendered(second)]
+    for view in views:
+        assert view.nodes == {"mac-dash": "online", "cuda-dash": "online"}
+        assert {"m-gguf", "m-mlx"} <= set(view.models)
+        assert set(sent) <= set(view.decision_cells), view.decision_cells
+        assert "login" in view.hidden and "main" not in view.hidden
+
+    browse(f"{first.url}/dashboard", screenshot=tmp_path / "dash.png")
+    png = (tmp_path / "dash.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+
+    cuda.proc.kill()
+    fleet.wait_status(cuda, "offline", timeout_s=10)
+    after = rendered(second)
+    assert after.nodes == {"mac-dash": "online", "cuda-dash": "offline"}
+
+
+def test_access_log_lines_are_json(fleet: Cluster) -> None:
+    router = fleet.routers[0]
+    for i in range(3):
+        httpx.post(
+            f"{router.api_base}/chat/completions",
+            json={"model": "m-gguf" if i else "missing-model"},
+            headers={"x-request-id": f"log-{i}"},
+            timeout=10,
+        )
+
+    def logged() -> list[dict[str, object]]:
+        lines = router.proc.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith('{"ts"')]
+
+    wait_until(
+        lambda: {"log-0", "log-1", "log-2"} <= {e.get("request_id") for e in logged()},
+        10,
+        "access-log lines",
+    )
+    by_id = {e["request_id"]: e for e in logged()}
+    assert by_id["log-0"]["status"] == 404 and by_id["log-0"]["outcome"] == "model_not_found"
+    assert by_id["log-1"]["status"] == 200 and by_id["log-1"]["attempts"] == 1
+    assert by_id["log-1"]["model"] == "m-gguf" and by_id["log-1"]["node"]
+
+
+def test_a_locked_dashboard_asks_for_the_admin_key(fleet: Cluster) -> None:
+    router = fleet.start_router(admin_keys="dash-admin-key", node_keys="dash-node-key")
+    fleet.wait_ready(router)
+    state = f"{router.url}/dashboard/api/state"
+    assert httpx.get(state, timeout=5).status_code == 401
+    ok = httpx.get(state, headers={"authorization": "Bearer dash-admin-key"}, timeout=5)
+    assert ok.status_code == 200 and isinstance(ok.json()["nodes"], list)
+    dom = browse(f"{router.url}/dashboard")
+    view = Rows()
+    view.feed(dom)
+    assert "main" in view.hidden and "login" not in view.hidden
+    assert view.nodes == {}
