@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return error
 
 
-def retry_after(headers: httpx.Headers) -> int:
+def retry_after(headers: Mapping[str, str]) -> int:
     value = headers.get("retry-after")
     assert value is not None, f"no Retry-After in {dict(headers)}"
     seconds = int(value)

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -39,7 +40,7 @@ class Fleet:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.r1, self.r2 = cluster.start_router(), cluster.start_router()
-        slow = {"ttft_ms": 250, "max_concurrency": 4}
+        slow: dict[str, Any] = {"ttft_ms": 250, "max_concurrency": 4}
         self.metal_a = cluster.start_node(
             [MLX, SHARED], backend="metal", machine_name="metal-a", **slow
         )
