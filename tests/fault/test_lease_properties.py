@@ -1,0 +1,252 @@
+"""Property-based tests of the lease and queue scripts on a real redis-server.
+
+Hypothesis drives random interleavings of two router replicas taking, releasing and
+waiting for slots on a few nodes, and of replicas dying (they stop renewing; their leases
+and tickets must expire on their own). After every step: no node holds more live leases
+than its ``max_concurrency``; a waiter is served only when it is the oldest live waiter;
+and at the end, with everyone gone, nothing is left held or queued.
+
+``LLM_ROUTER_PROPERTY_EXAMPLES`` (default 12) sets how many random histories are tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from redis.asyncio import Redis
+
+from llm_router.protocol import RegisterRequest
+from llm_router.state.keys import Keys
+from llm_router.state.registry import NodeRegistry, RegistryConfig
+from llm_router.state.scripts import FleetScripts, Granted, Queued
+
+MODEL = "prop-model"
+TTL_MS = 300  # leases and tickets of a replica that stops renewing die this fast
+_serial = itertools.count()
+
+
+@dataclass
+class Replica:
+    name: str
+    leases: dict[str, str] = field(default_factory=dict)  # lease id → node id
+    waiting: dict[str, int] = field(default_factory=dict)  # ticket → arrival (µs)
+
+
+class LeaseMachine(RuleBasedStateMachine):
+    redis_url: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.redis = Redis.from_url(self.redis_url)
+        self.keys = Keys(f"prop{uuid.uuid4().hex[:10]}")
+        self.scripts = FleetScripts(self.redis, self.keys)
+        self.capacity: dict[str, int] = {}
+        self.replicas = [Replica(f"r{next(_serial)}") for _ in range(2)]
+        self.dead: list[Replica] = []
+        self.dead_pending = False
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    @initialize(capacities=st.lists(st.integers(1, 3), min_size=1, max_size=3))
+    def nodes(self, capacities: list[int]) -> None:
+        config = RegistryConfig(alive_ttl_ms=600_000, forget_ms=600_000)
+        registry = NodeRegistry(self.redis, self.keys, self.scripts, config)
+        for i, capacity in enumerate(capacities):
+            request = RegisterRequest.model_validate(
+                {"machine_name": f"n{i}", "ip_address": "127.0.0.1", "runtime_port": 9000 + i,
+                 "max_concurrency": capacity}
+            )  # fmt: skip
+            registration = self.run(
+                registry.register(request, executable_models=[MODEL], gpu_backend="cuda")
+            )
+            self.capacity[registration.node_id] = capacity
+
+    # --- the replicas' actions ---------------------------------------------------------------
+
+    def renew_all(self) -> None:
+        """Every live replica renews what it holds, as its keep-alive task would.
+
+        A loaded machine can stall a step past the TTL; what expired then expired for real
+        (the scripts were right to let it go), so the model forgets it too.
+        """
+        now_ms = self.now_ms()
+        for replica in self.replicas:
+            self.run(
+                self.scripts.renew(
+                    lease_ttl_ms=TTL_MS,
+                    ticket_ttl_ms=TTL_MS,
+                    leases=[(node, lease) for lease, node in replica.leases.items()],
+                    tickets=[(MODEL, ticket) for ticket in replica.waiting],
+                )
+            )
+            for lease, node in list(replica.leases.items()):
+                score = self.run(self.redis.zscore(self.keys.leases(node), lease))
+                if score is None or score <= now_ms:
+                    del replica.leases[lease]
+            for ticket in list(replica.waiting):
+                score = self.run(self.redis.zscore(self.keys.queue_alive(MODEL), ticket))
+                if score is None or score <= now_ms:
+                    del replica.waiting[ticket]
+
+    def now_ms(self) -> int:
+        seconds, micros = self.run(self.redis.time())
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def acquire(self, ticket: str) -> Granted | Queued:
+        result = self.run(
+            self.scripts.acquire(
+                model=MODEL,
+                lease_id=uuid.uuid4().hex,
+                lease_ttl_ms=TTL_MS,
+                ticket=ticket,
+                queue_max=1000,
+                ticket_ttl_ms=TTL_MS,
+                forget_ms=600_000,
+            )
+        )
+        assert isinstance(result, Granted | Queued), result
+        return result
+
+    def oldest_live_waiter(self) -> int | None:
+        arrivals = [a for r in self.replicas for a in r.waiting.values()]
+        return min(arrivals) if arrivals else None
+
+    @rule(which=st.integers(0, 1))
+    def arrive(self, which: int) -> None:
+        self.renew_all()
+        replica = self.replicas[which]
+        someone_waits = self.oldest_live_waiter() is not None
+        ticket = uuid.uuid4().hex
+        result = self.acquire(ticket)
+        if isinstance(result, Granted):
+            assert not someone_waits, "a fresh arrival overtook a live waiter"
+            replica.leases[result.lease_id] = result.node_id
+        else:
+            replica.waiting[ticket] = result.arrival_us
+
+    @precondition(lambda self: any(r.waiting for r in self.replicas))
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        self.renew_all()
+        replica = data.draw(st.sampled_from([r for r in self.replicas if r.waiting]))
+        ticket = data.draw(st.sampled_from(list(replica.waiting)))
+        arrival = replica.waiting[ticket]
+        oldest = self.oldest_live_waiter()
+        result = self.acquire(ticket)
+        if isinstance(result, Granted):
+            assert arrival == oldest, "a waiter was served before an older live one (FIFO)"
+            del replica.waiting[ticket]
+            replica.leases[result.lease_id] = result.node_id
+
+    @precondition(lambda self: any(r.leases for r in self.replicas))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        self.renew_all()
+        replica = data.draw(st.sampled_from([r for r in self.replicas if r.leases]))
+        lease = data.draw(st.sampled_from(list(replica.leases)))
+        node = replica.leases.pop(lease)
+        self.run(self.scripts.release(node_id=node, lease_id=lease))
+
+    @precondition(lambda self: any(r.waiting for r in self.replicas))
+    @rule(data=st.data())
+    def give_up(self, data: st.DataObject) -> None:
+        self.renew_all()
+        replica = data.draw(st.sampled_from([r for r in self.replicas if r.waiting]))
+        ticket = data.draw(st.sampled_from(list(replica.waiting)))
+        del replica.waiting[ticket]
+        assert self.run(self.scripts.leave_queue(model=MODEL, ticket=ticket))
+
+    @precondition(lambda self: len(self.dead) < 3)
+    @rule(which=st.integers(0, 1))
+    def replica_dies(self, which: int) -> None:
+        """The replica vanishes without releasing anything; a fresh one takes its place."""
+        self.dead.append(self.replicas[which])
+        self.replicas[which] = Replica(f"r{next(_serial)}")
+        self.dead_pending = True
+
+    @precondition(lambda self: self.dead_pending)
+    @rule()
+    def time_passes(self) -> None:
+        """Long enough for the dead replicas' leases and tickets to expire."""
+        self.sleep_renewing(TTL_MS / 1000 + 0.05)
+        self.dead_pending = False
+
+    def sleep_renewing(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.renew_all()
+            time.sleep(TTL_MS / 3000)
+
+    # --- what must always hold ---------------------------------------------------------------
+
+    def live_leases(self, node: str) -> int:
+        return int(self.run(self.redis.zcount(self.keys.leases(node), self.now_ms(), "+inf")))
+
+    @invariant()
+    def no_node_is_overfilled(self) -> None:
+        for node, capacity in self.capacity.items():
+            assert self.live_leases(node) <= capacity, (node, capacity)
+
+    @invariant()
+    def every_lease_we_hold_is_counted(self) -> None:
+        self.renew_all()
+        held: dict[str, int] = {}
+        for replica in self.replicas:
+            for node in replica.leases.values():
+                held[node] = held.get(node, 0) + 1
+        for node in self.capacity:
+            assert self.live_leases(node) >= held.get(node, 0)
+
+    def teardown(self) -> None:
+        try:
+            for replica in self.replicas:
+                for lease, node in list(replica.leases.items()):
+                    self.run(self.scripts.release(node_id=node, lease_id=lease))
+                for ticket in list(replica.waiting):
+                    self.run(self.scripts.leave_queue(model=MODEL, ticket=ticket))
+            self.replicas = []
+            if self.dead:
+                time.sleep(TTL_MS / 1000 + 0.05)  # the dead replicas' leftovers expire
+            if self.capacity:
+                # The next request finds every slot free and nobody ahead of it.
+                result = self.acquire(uuid.uuid4().hex)
+                assert isinstance(result, Granted), result
+                self.run(self.scripts.release(node_id=result.node_id, lease_id=result.lease_id))
+            for node in self.capacity:
+                assert self.live_leases(node) == 0
+                assert self.run(self.redis.zcard(self.keys.leases(node))) == 0
+            assert self.run(self.redis.zcard(self.keys.queue(MODEL))) == 0
+        finally:
+            self.run(self.redis.aclose())
+            self.loop.close()
+
+
+def test_leases_and_the_queue_under_random_interleavings(redis_url: str) -> None:
+    LeaseMachine.redis_url = redis_url
+    run_state_machine_as_test(
+        LeaseMachine,
+        settings=settings(
+            max_examples=int(os.environ.get("LLM_ROUTER_PROPERTY_EXAMPLES", "12")),
+            stateful_step_count=20,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
