@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -316,3 +318,20 @@ def test_a_metric_name_is_registered_once() -> None:
     registry.gauge("g", "help")
     with pytest.raises(ValueError, match="twice"):
         registry.gauge("g", "again")
+
+
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    path = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "llm-router.json"
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] if p["type"] != "row" for t in p["targets"]]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", n)
+        for e in exprs
+        for n in re.findall(r"llm_router_\w+", e)
+    }
+    exported = {m.name for m in RouterMetrics().registry._metrics}
+    assert used and used <= exported, used - exported
+    # Fleet gauges are the same on every replica: panels must not sum them across replicas.
+    for expr in exprs:
+        if "llm_router_fleet_" in expr and "fleet_state_up" not in expr:
+            assert "max" in expr, expr
