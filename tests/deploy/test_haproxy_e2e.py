@@ -161,7 +161,7 @@ async def test_replica_killed_under_load_behind_haproxy(setup: Setup) -> None:
     assert orphaned >= 1, rows
 
     def capacity_back() -> bool:
-        return sum(row["in_flight"] for row in setup.fleet_json("leases")) == 0
+        return sum(int(row["in_flight"]) for row in setup.fleet_json("leases")) == 0
 
     await asyncio.to_thread(wait_until, capacity_back, LEASE_TTL_S + 10, "leases to expire")
     back_at = time.monotonic()
