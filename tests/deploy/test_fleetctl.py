@@ -147,10 +147,16 @@ async def test_models_shows_backends_and_unservable_models(fleet: Fleet, run: An
 
 async def test_leases_reveal_an_expired_lease_nobody_pruned(fleet: Fleet, run: Any) -> None:
     node = await fleet.register("mac-1", GpuBackend.METAL, ["m1"], port=8100, slots=3)
-    assert isinstance(await fleet.acquire("m1", lease_ttl_ms=LONG_MS), Granted)
-    # A replica that died mid-request: its lease is never renewed nor released.
-    assert isinstance(await fleet.acquire("m1", lease_ttl_ms=30), Granted)
-    await asyncio.sleep(0.2)
+    # Two requests on two replicas; one replica dies (never renews nor releases its lease),
+    # the other keeps renewing its own.
+    orphan = await fleet.acquire("m1", lease_ttl_ms=400)
+    kept = await fleet.acquire("m1", lease_ttl_ms=400)
+    assert isinstance(orphan, Granted) and isinstance(kept, Granted)
+    await asyncio.sleep(0.1)
+    await fleet.scripts.renew(
+        lease_ttl_ms=LONG_MS, ticket_ttl_ms=LONG_MS, leases=[(node, kept.lease_id)], tickets=[]
+    )
+    await asyncio.sleep(0.5)
 
     (row,) = await run_json(run, "leases")
     assert row["node_id"] == node and row["machine_name"] == "mac-1"
