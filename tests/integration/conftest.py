@@ -9,10 +9,11 @@ started and prints their log tails (pytest shows them only when a test failed).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from integration.probes import SdkClients
 from integration.procs import Cluster
 
 
@@ -30,3 +31,12 @@ def open_cluster(redis_url: str) -> Iterator[Cluster]:
 def cluster(redis_url: str) -> Iterator[Cluster]:
     with open_cluster(redis_url) as opened:
         yield opened
+
+
+@pytest.fixture
+async def sdk() -> AsyncIterator[SdkClients]:
+    clients = SdkClients()
+    try:
+        yield clients
+    finally:
+        await clients.close()

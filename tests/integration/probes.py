@@ -16,12 +16,23 @@ import openai
 from integration.procs import Router, SimNode
 
 
-def sdk(router: Router, timeout_s: float = 30.0) -> openai.AsyncOpenAI:
-    """The official client, pointed at one replica, with its own retries off: every
-    retry in these tests is the router's."""
-    return openai.AsyncOpenAI(
-        base_url=router.api_base, api_key="x", max_retries=0, timeout=timeout_s
-    )
+class SdkClients:
+    """Makes official clients pointed at one replica, with their own retries off (every
+    retry in these tests is the router's), and closes them all at the end of the test."""
+
+    def __init__(self) -> None:
+        self._made: list[openai.AsyncOpenAI] = []
+
+    def __call__(self, router: Router, timeout_s: float = 30.0) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(
+            base_url=router.api_base, api_key="x", max_retries=0, timeout=timeout_s
+        )
+        self._made.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self._made:
+            await client.close()
 
 
 def chat_body(model: str, **extra: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from integration.conftest import open_cluster
-from integration.probes import chat_body, error_of, parse_event, sdk, sse_events
+from integration.probes import SdkClients, chat_body, error_of, parse_event, sse_events
 from integration.procs import Cluster
 
 pytestmark = pytest.mark.redis
@@ -78,7 +78,9 @@ def test_failing_node_is_skipped_and_the_client_gets_200(
     assert fleet.excluded(fleet.healthy.machine_name) == {}
 
 
-async def test_streaming_request_fails_over_before_the_first_byte(fleet: Fleet) -> None:
+async def test_streaming_request_fails_over_before_the_first_byte(
+    fleet: Fleet, sdk: SdkClients
+) -> None:
     stream = await sdk(fleet.router).chat.completions.create(
         model="fo-500-stream", messages=[{"role": "user", "content": "hi"}], stream=True
     )
@@ -141,7 +143,7 @@ async def test_midstream_failure_ends_the_stream_with_one_error_event(fleet: Fle
     assert text.startswith("Hello from")
 
 
-async def test_midstream_failure_surfaces_as_an_sdk_error(fleet: Fleet) -> None:
+async def test_midstream_failure_surfaces_as_an_sdk_error(fleet: Fleet, sdk: SdkClients) -> None:
     stream = await sdk(fleet.router).chat.completions.create(
         model="fo-mid", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=10
     )
@@ -153,7 +155,7 @@ async def test_midstream_failure_surfaces_as_an_sdk_error(fleet: Fleet) -> None:
     assert "".join(received).startswith("Hello from")
 
 
-async def test_stream_chunks_arrive_as_the_node_makes_them(fleet: Fleet) -> None:
+async def test_stream_chunks_arrive_as_the_node_makes_them(fleet: Fleet, sdk: SdkClients) -> None:
     # 8 tokens at 10/s: the node needs 0.7 s after its first token. Buffering anywhere
     # would deliver them together.
     started = time.monotonic()

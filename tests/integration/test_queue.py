@@ -24,7 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from integration.conftest import open_cluster
-from integration.probes import ConcurrencyProbe, chat_body, error_of, retry_after, sdk
+from integration.probes import ConcurrencyProbe, SdkClients, chat_body, error_of, retry_after
 from integration.procs import Cluster, Router
 from llm_router.state.keys import Keys
 
@@ -107,7 +107,9 @@ async def test_one_slot_three_callers_all_served_in_arrival_order(
     assert 0 < waits[0] < waits[1], waits
 
 
-async def test_one_slot_with_the_sdk_across_replicas(fleet: Fleet, http: httpx.AsyncClient) -> None:
+async def test_one_slot_with_the_sdk_across_replicas(
+    fleet: Fleet, http: httpx.AsyncClient, sdk: SdkClients
+) -> None:
     # The same through the official client, three callers on three replicas at once.
     async def one(router: Router) -> str:
         raw = await sdk(router).chat.completions.with_raw_response.create(
@@ -124,7 +126,9 @@ async def test_one_slot_with_the_sdk_across_replicas(fleet: Fleet, http: httpx.A
     assert sorted(statuses) == ["", "queued", "queued"]
 
 
-async def test_queue_full_is_429_with_retry_after(fleet: Fleet, http: httpx.AsyncClient) -> None:
+async def test_queue_full_is_429_with_retry_after(
+    fleet: Fleet, http: httpx.AsyncClient, sdk: SdkClients
+) -> None:
     holder = asyncio.create_task(post(http, fleet.tight, "q-full", 1.0))
     await asyncio.sleep(0.2)
     waiter = asyncio.create_task(post(http, fleet.tight, "q-full", 0.1))

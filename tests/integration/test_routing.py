@@ -5,8 +5,8 @@ The fleet (one per module):
 
     metal-a  metal  MLX model, shared GGUF model
     metal-b  metal  MLX model, shared GGUF model
-    cuda-c   cuda   shared GGUF model, an FP8 model, the MLX model and a second MLX model
-                    installed (neither executable on CUDA)
+    cuda-c   cuda   shared GGUF model, an FP8 model, the MLX model and two more MLX models
+                    installed (none executable on CUDA)
     lonely   cpu    a model no other node has; killed by the offline test (last in file)
 """
 
@@ -24,13 +24,14 @@ import openai
 import pytest
 
 from integration.conftest import open_cluster
-from integration.probes import chat_body, error_of, retry_after, sdk
+from integration.probes import SdkClients, chat_body, error_of, retry_after
 from integration.procs import Cluster, Router, SimNode
 
 MLX = "mlx-community/Llama-3.2-1B-Instruct-4bit-mlx"
 MLX_NOWHERE = "mlx-community/Qwen2.5-0.5B-Instruct-mlx"
 SHARED = "bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"
 FP8 = "neuralmagic/Meta-Llama-3-8B-Instruct-FP8"
+LATE = "mlx-community/Phi-3-mini-4k-instruct-4bit-mlx"
 LONELY = "lonely-model"
 
 pytestmark = pytest.mark.redis
@@ -48,7 +49,7 @@ class Fleet:
             [MLX, SHARED], backend="metal", machine_name="metal-b", **slow
         )
         self.cuda_c = cluster.start_node(
-            [SHARED, FP8, MLX, MLX_NOWHERE],
+            [SHARED, FP8, MLX, MLX_NOWHERE, LATE],
             backend="cuda",
             machine_name="cuda-c",
             router=self.r2,
@@ -71,7 +72,7 @@ def fleet(redis_url: str) -> Iterator[Fleet]:
         yield Fleet(cluster)
 
 
-async def test_routes_to_the_only_capable_node(fleet: Fleet) -> None:
+async def test_routes_to_the_only_capable_node(fleet: Fleet, sdk: SdkClients) -> None:
     # The Metal nodes score higher, but only the CUDA node can run an FP8 model.
     for router in (fleet.r1, fleet.r2):
         raw = await sdk(router).chat.completions.with_raw_response.create(
@@ -85,7 +86,7 @@ async def test_routes_to_the_only_capable_node(fleet: Fleet) -> None:
         assert completion.choices[0].message.content.startswith(f"Hello from cuda-c serving {FP8}")
 
 
-async def test_request_id_is_kept_and_other_endpoints_route(fleet: Fleet) -> None:
+async def test_request_id_is_kept_and_other_endpoints_route(fleet: Fleet, sdk: SdkClients) -> None:
     client = sdk(fleet.r1)
     raw = await client.embeddings.with_raw_response.create(
         model=LONELY, input="hello", extra_headers={"x-request-id": "trace-123"}
@@ -97,7 +98,7 @@ async def test_request_id_is_kept_and_other_endpoints_route(fleet: Fleet) -> Non
     assert completion.choices[0].text.startswith(f"Hello from lonely serving {LONELY}")
 
 
-async def test_metal_only_model_never_lands_on_cuda(fleet: Fleet) -> None:
+async def test_metal_only_model_never_lands_on_cuda(fleet: Fleet, sdk: SdkClients) -> None:
     # The CUDA node has the MLX model installed and is idle; 8 slots on the Metal nodes
     # for 20 concurrent requests means most of them wait, yet none may go to CUDA.
     metal = {fleet.id_of(fleet.metal_a), fleet.id_of(fleet.metal_b)}
@@ -116,7 +117,7 @@ async def test_metal_only_model_never_lands_on_cuda(fleet: Fleet) -> None:
         assert text.startswith(("Hello from metal-a serving", "Hello from metal-b serving"))
 
 
-async def test_concurrent_load_spreads_over_capable_nodes(fleet: Fleet) -> None:
+async def test_concurrent_load_spreads_over_capable_nodes(fleet: Fleet, sdk: SdkClients) -> None:
     # Three idle nodes with 4 slots each, six requests at once, each held 250 ms: the least
     # loaded pick puts two on each node.
     client = sdk(fleet.r1)
@@ -133,7 +134,7 @@ async def test_concurrent_load_spreads_over_capable_nodes(fleet: Fleet) -> None:
     assert sorted(served_by.values()) == [2, 2, 2], served_by
 
 
-async def test_unknown_model_is_404_model_not_found(fleet: Fleet) -> None:
+async def test_unknown_model_is_404_model_not_found(fleet: Fleet, sdk: SdkClients) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         await sdk(fleet.r1).chat.completions.create(
             model="no-such/model-anywhere", messages=[{"role": "user", "content": "hi"}]
@@ -143,7 +144,9 @@ async def test_unknown_model_is_404_model_not_found(fleet: Fleet) -> None:
     assert caught.value.param == "model"
 
 
-async def test_installed_but_executable_nowhere_is_503_with_retry_after(fleet: Fleet) -> None:
+async def test_installed_but_executable_nowhere_is_503_with_retry_after(
+    fleet: Fleet, sdk: SdkClients
+) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         await sdk(fleet.r2).chat.completions.create(
             model=MLX_NOWHERE, messages=[{"role": "user", "content": "hi"}]
@@ -162,12 +165,16 @@ def _models(router: Router) -> list[dict[str, object]]:
     return data
 
 
-async def test_models_is_the_union_and_identical_on_every_replica(fleet: Fleet) -> None:
+async def test_models_is_the_union_and_identical_on_every_replica(
+    fleet: Fleet, sdk: SdkClients
+) -> None:
     on_r1, on_r2 = (
         await asyncio.to_thread(_models, fleet.r1),
         await asyncio.to_thread(_models, fleet.r2),
     )
-    assert on_r1 == on_r2
+    # ``created`` of a model first seen installed-only is unstable (the xfail test below);
+    # which models that hits depends on the order the nodes registered in.
+    assert _without_created(on_r1) == _without_created(on_r2)
     assert {m["id"] for m in on_r1} == {MLX, SHARED, FP8, LONELY}
     for entry in on_r1:
         assert entry["object"] == "model"
@@ -175,6 +182,30 @@ async def test_models_is_the_union_and_identical_on_every_replica(fleet: Fleet) 
         assert isinstance(entry["owned_by"], str)
     listed = await sdk(fleet.r2).models.list()
     assert sorted(m.id for m in listed.data) == sorted(str(m["id"]) for m in on_r1)
+
+
+def _without_created(models: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [{k: v for k, v in m.items() if k != "created"} for m in models]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="list_models.lua falls back to the current time for 'created' when the model "
+    "became known installed-only before any node could execute it (see report)",
+)
+def test_created_is_stable_for_a_model_first_seen_installed_only(fleet: Fleet) -> None:
+    # cuda-c has had LATE installed (not executable) since the fleet started; now a Metal
+    # node that can run it joins.
+    late = fleet.cluster.start_node([LATE], backend="metal", machine_name="metal-late")
+    try:
+        fleet.cluster.wait_online(late)
+        first = {m["id"]: m for m in _models(fleet.r1)}
+        time.sleep(1.1)
+        second = {m["id"]: m for m in _models(fleet.r2)}
+        assert LATE in first and LATE in second
+        assert first[LATE]["created"] == second[LATE]["created"]
+    finally:
+        late.proc.kill()
 
 
 @pytest.mark.parametrize("model", [MLX, SHARED])
@@ -186,7 +217,7 @@ def test_model_lookup_with_slash_and_encoded_slash(fleet: Fleet, model: str) -> 
         assert response.json()["object"] == "model"
 
 
-async def test_model_lookup_through_the_sdk(fleet: Fleet) -> None:
+async def test_model_lookup_through_the_sdk(fleet: Fleet, sdk: SdkClients) -> None:
     model = await sdk(fleet.r2).models.retrieve(MLX)
     assert model.id == MLX
 
