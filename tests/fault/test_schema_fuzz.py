@@ -132,3 +132,26 @@ def test_node_protocol_takes_any_fields(router: Router, body: dict[str, Any]) ->
             f"{router.url}{path}", json=body, headers={"x-node-token": "nt_x"}, timeout=30
         )
         assert_sane(response)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # Both framings: a proxy that trusted Content-Length would see a second request.
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v0/nodes HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Content-Length: 5\r\n\r\nabcde",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\rb\r\n\r\n",
+    ],
+)
+def test_ambiguous_framing_is_rejected_before_the_app(router: Router, raw: bytes) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert answer.count(b"HTTP/1.1") == 1, "a smuggled second request was answered"

@@ -54,6 +54,7 @@ ENDPOINTS: list[tuple[str, str, Any, str | None]] = [
     ("DELETE", "/v0/nodes/n-1", None, "admin"),
     ("POST", "/v0/nodes/n-1/drain", None, "admin"),
     ("POST", "/v0/nodes/n-1/undrain", None, "admin"),
+    ("GET", "/dashboard/api/state", None, "admin"),
     ("GET", "/healthz", None, None),
     ("GET", "/readyz", None, None),
     ("GET", "/metrics", None, None),
