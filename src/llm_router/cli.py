@@ -118,7 +118,10 @@ def cmd_sim_node(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from llm_router.demo import run_demo
 
-    return run_demo(port=args.port, host=args.host)
+    try:
+        return run_demo(port=args.port, host=args.host)
+    except KeyboardInterrupt:  # stopped while starting up; the children are already gone
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -157,7 +157,13 @@ def _print_examples(client: httpx.Client, names: dict[str, str]) -> None:
         print(f"  {kind:<10} {model:<46} -> {resp.status_code} {node:<13} {detail}")
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(*, port: int = 8080, host: str = "127.0.0.1") -> int:
+    # A backgrounded demo only gets SIGTERM: stop the children then too, as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER_")}
     router_url = f"http://{host}:{port}"
     with _children() as procs:

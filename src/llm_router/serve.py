@@ -59,7 +59,8 @@ def serve(settings: RouterSettings) -> int:
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
         lifespan="on",
-        access_log=settings.access_log,
+        # Our JSON access log (observability) replaces uvicorn's plain-text lines.
+        access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=round(settings.shutdown_timeout_s),
         server_header=False,
