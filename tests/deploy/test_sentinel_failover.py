@@ -22,8 +22,8 @@ import pytest
 
 from deploy.topologies import SentinelTopology
 from integration.conftest import open_cluster
-from integration.probes import chat_body, sdk
-from integration.procs import Cluster, wait_until
+from integration.probes import chat_body
+from integration.procs import Cluster, Router, wait_until
 from llm_router.state.keys import Keys
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -39,6 +39,11 @@ TEST_BOUND_S = 40.0
 #: 503 codes allowed while the store switches: the store itself, or nodes whose liveness
 #: lapsed while their heartbeats could not be written.
 SWITCH_CODES = {"state_store_unavailable", "no_capable_nodes"}
+
+
+def sdk(router: Router) -> openai.AsyncOpenAI:
+    """The official client on one replica, its own retries off: every failure counts."""
+    return openai.AsyncOpenAI(base_url=router.api_base, api_key="x", max_retries=0, timeout=30)
 
 
 @dataclass
