@@ -60,8 +60,9 @@ def test_a_frozen_store_gives_bounded_503s_and_recovers(
         response = chat(router.url)
         elapsed = time.monotonic() - started
         assert_store_down(response)
-        # One command, at most one quick retry: bounded by a few socket timeouts, not a hang.
-        assert elapsed < 3 * SOCKET_TIMEOUT_S + 1.0, elapsed
+        # Each Redis call on the way (acquire, the release of what was never granted) may
+        # wait one socket timeout plus one quick retry: bounded by a few timeouts, no hang.
+        assert elapsed < 6 * SOCKET_TIMEOUT_S, elapsed
         ready = httpx.get(f"{router.url}/readyz", timeout=10)
         assert ready.status_code == 503
         assert ready.json()["error"]["code"] == "state_store_unavailable"
@@ -85,7 +86,7 @@ def test_a_store_restarted_empty_is_refilled_by_the_agents(
     own_redis.kill()
     started = time.monotonic()
     assert_store_down(chat(router.url))
-    assert time.monotonic() - started < 3 * SOCKET_TIMEOUT_S + 1.0
+    assert time.monotonic() - started < 6 * SOCKET_TIMEOUT_S
     assert httpx.get(f"{router.url}/readyz", timeout=10).status_code == 503
 
     own_redis.start()  # same port, no data: the fleet was forgotten
