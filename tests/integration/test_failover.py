@@ -206,11 +206,6 @@ async def test_client_leaving_a_stream_releases_the_lease(fleet: Fleet) -> None:
         await _until_no_lease(http, fleet, timeout_s=1.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router does not notice a client's disconnect during a non-streaming proxied "
-    "request: the lease is held until the node answers (see report)",
-)
 async def test_client_leaving_a_non_streaming_request_releases_the_lease(fleet: Fleet) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         request = asyncio.create_task(

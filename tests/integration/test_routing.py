@@ -172,9 +172,7 @@ async def test_models_is_the_union_and_identical_on_every_replica(
         await asyncio.to_thread(_models, fleet.r1),
         await asyncio.to_thread(_models, fleet.r2),
     )
-    # ``created`` of a model first seen installed-only is unstable (the xfail test below);
-    # which models that hits depends on the order the nodes registered in.
-    assert _without_created(on_r1) == _without_created(on_r2)
+    assert on_r1 == on_r2
     assert {m["id"] for m in on_r1} == {MLX, SHARED, FP8, LONELY}
     for entry in on_r1:
         assert entry["object"] == "model"
@@ -184,15 +182,6 @@ async def test_models_is_the_union_and_identical_on_every_replica(
     assert sorted(m.id for m in listed.data) == sorted(str(m["id"]) for m in on_r1)
 
 
-def _without_created(models: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [{k: v for k, v in m.items() if k != "created"} for m in models]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="list_models.lua falls back to the current time for 'created' when the model "
-    "became known installed-only before any node could execute it (see report)",
-)
 def test_created_is_stable_for_a_model_first_seen_installed_only(fleet: Fleet) -> None:
     # cuda-c has had LATE installed (not executable) since the fleet started; now a Metal
     # node that can run it joins.

@@ -6,8 +6,11 @@ The body itself is forwarded as received (never re-serialised).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -17,7 +20,7 @@ from litestar.response import Stream
 
 from llm_router.api.nodes import fleet_of
 from llm_router.auth import Scope
-from llm_router.errors import InvalidRequest, ModelNotFound
+from llm_router.errors import ClientClosedRequest, InvalidRequest, ModelNotFound
 from llm_router.protocol import validate_model_id
 from llm_router.security.guard import Guard
 from llm_router.state.scripts import ModelEntry
@@ -52,20 +55,62 @@ def request_id_of(request: Request[Any, Any, Any]) -> str:
     return uuid.uuid4().hex
 
 
+#: A request still running after this long starts watching for its client's disconnect.
+#: Short requests never pay for the watcher; long ones (most generations) free their node
+#: slot as soon as nobody is left to read the answer.
+DISCONNECT_WATCH_AFTER_S = 0.25
+
+
 async def _forward(request: Request[Any, Any, Any], path: str) -> Response[bytes] | Stream:
     fleet = fleet_of(request)
     principal = fleet.keyring.check(request.headers, Scope.API)
     guard: Guard = request.app.state.guard
     await guard.admit(principal)
     body = await request.body()
-    return await fleet.proxy.forward(
-        path=path,
-        model=model_of(body),
-        body=body,
-        headers=request.headers,
-        request_id=request_id_of(request),
-        client_gone=lambda: _disconnected(request),
-    )
+    model = model_of(body)
+    with _cancel_when_client_leaves(request) as gone:
+        try:
+            return await fleet.proxy.forward(
+                path=path,
+                model=model,
+                body=body,
+                headers=request.headers,
+                request_id=request_id_of(request),
+                client_gone=lambda: _disconnected(request),
+            )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if gone.is_set() and task is not None and task.uncancel() == 0:
+                # Our own cancellation: the proxy has freed the lease and closed the
+                # upstream connection on its way out; end the request quietly.
+                raise ClientClosedRequest("the client disconnected") from None
+            raise
+
+
+@contextlib.contextmanager
+def _cancel_when_client_leaves(request: Request[Any, Any, Any]) -> Iterator[asyncio.Event]:
+    """Cancel the current task if the client disconnects (watched after a short delay)."""
+    task = asyncio.current_task()
+    gone = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch() -> None:
+        await _disconnected(request)
+        gone.set()
+        if task is not None:
+            task.cancel()
+
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    handle = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER_S, start)
+    try:
+        yield gone
+    finally:
+        handle.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _disconnected(request: Request[Any, Any, Any]) -> None:

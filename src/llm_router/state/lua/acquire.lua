@@ -80,9 +80,7 @@ while my_turn and passes < 16 do
     local models = decode_list(f[6])
     if score < FULL and score <= top then
       redis.call('ZADD', k_leases(pick), now + lease_ttl, lease_id)
-      -- Every lease has the same TTL, so this one is the last to expire: the key goes with
-      -- it even if the node and every holder vanish.
-      redis.call('PEXPIRE', k_leases(pick), lease_ttl)
+      expire_with_last_lease(k_leases(pick))
       inflight = inflight + 1
       local new_score, maxc = score_of(f, inflight)
       update_scores_for(models, pick, new_score)

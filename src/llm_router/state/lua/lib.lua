@@ -59,6 +59,14 @@ local function in_flight(id, now)
   return redis.call('ZCARD', key)
 end
 
+-- The key of a node's leases goes when its latest lease would, so nothing is left behind
+-- when the node and every holder vanish. Latest, not newest: replicas may run with
+-- different lease TTLs.
+local function expire_with_last_lease(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if last then redis.call('PEXPIREAT', key, last) end
+end
+
 -- The fields routing needs, read with one HMGET: draining, initializing, max_concurrency,
 -- gpu_capability_score, average_response_time_ms, executable_models, ip_address,
 -- node_api_port.
@@ -155,7 +163,9 @@ local function refresh_liveness(id, now, alive_ttl, new_json, installed)
     end
   end
   for _, m in ipairs(installed or {}) do
-    if not executable[m] then redis.call('ZADD', k_known(), now, m) end
+    if not executable[m] and redis.call('ZADD', k_known(), now, m) == 1 then
+      redis.call('HSETNX', k_created(), m, math.floor(now / 1000))
+    end
   end
   sync_load_membership(id, now)
 end
