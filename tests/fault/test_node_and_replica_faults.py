@@ -177,11 +177,6 @@ async def test_a_killed_replica_leaves_nothing_stuck(fleet: Cluster, redis_clien
     assert lease_members(redis_client, fleet.key_prefix) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the simulated runtime keeps generating after its client disconnected, so its "
-    "slot stays busy (429) until the whole answer would have been sent",
-)
 async def test_a_node_frees_its_slot_when_the_client_goes_away(fleet: Cluster) -> None:
     fleet.up(1)
     node = fleet.start_node([MODEL], backend="cuda", tokens_per_s=20, max_concurrency=1)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,29 @@ def _embedding_inputs(raw: Any) -> list[str]:
         if all(isinstance(x, list) for x in raw):
             return [json.dumps(x) for x in raw]
     raise _Bad("'input' must be a string, a list of strings or a list of token arrays", "input")
+
+
+async def _client_left(receive: Receive) -> None:
+    # The body has been read: the next message can only be the disconnect.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(reply: Coroutine[Any, Any, None], receive: Receive) -> None:
+    """Run ``reply``, but stop generating as soon as the client is gone, like a real runtime:
+    an abandoned request must not keep a slot busy."""
+    work = asyncio.ensure_future(reply)
+    gone = asyncio.ensure_future(_client_left(receive))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if not work.cancelled():
+        work.result()
 
 
 class SimRuntime:
@@ -212,9 +236,10 @@ class SimRuntime:
         self.active += 1
         try:
             if path == "/v1/embeddings":
-                await self._embeddings(body, model, receive, send, failing)
+                reply = self._embeddings(body, model, receive, send, failing)
             else:
-                await self._completion(path, body, model, receive, send, failing)
+                reply = self._completion(path, body, model, receive, send, failing)
+            await _unless_client_leaves(reply, receive)
         except _Bad as bad:
             await send_error(send, 400, bad.message, "invalid_request_error", None, bad.param)
         finally:
