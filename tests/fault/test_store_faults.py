@@ -60,9 +60,8 @@ def test_a_frozen_store_gives_bounded_503s_and_recovers(
         response = chat(router.url)
         elapsed = time.monotonic() - started
         assert_store_down(response)
-        # Each Redis call on the way (acquire, the release of what was never granted) may
-        # wait one socket timeout plus one quick retry: bounded by a few timeouts, no hang.
-        assert elapsed < 6 * SOCKET_TIMEOUT_S, elapsed
+        # One socket timeout (timeouts are not retried), plus scheduling slack.
+        assert elapsed < 2 * SOCKET_TIMEOUT_S, elapsed
         ready = httpx.get(f"{router.url}/readyz", timeout=10)
         assert ready.status_code == 503
         assert ready.json()["error"]["code"] == "state_store_unavailable"

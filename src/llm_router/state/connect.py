@@ -25,6 +25,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,12 @@ def _client_options(timeout_s: float) -> dict[str, Any]:
     return {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
-        # One quick retry rides over a dropped idle connection; more would only turn an
-        # outage into a longer wait before the 503.
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-        "health_check_interval": 15,
+        # One quick retry rides over a dropped idle connection (a restarted or failed-over
+        # Redis). Timeouts are not retried: a frozen store answers 503 after one socket
+        # timeout, not several.
+        "retry": Retry(
+            ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(RedisConnectionError,)
+        ),
     }
 
 
@@ -125,7 +128,6 @@ def _cluster(url: str, timeout_s: float) -> Store:
     query = parse_qs(parts.query)
     nodes = [ClusterNode(h, p) for h, p in _hosts(netloc, 6379)]
     options = _client_options(timeout_s)
-    options.pop("health_check_interval")
     client = RedisCluster(
         startup_nodes=nodes,
         password=password,
