@@ -74,13 +74,11 @@ while my_turn and passes < 16 do
     redis.call('ZREM', load_key, pick)
   else
     any_capable = true
-    -- Counted, not pruned: release and heartbeat prune; a read keeps this path cheap.
-    local inflight = redis.call('ZCOUNT', k_leases(pick), '(' .. now, '+inf')
+    local inflight = in_flight(pick, now)
     local score = score_of(f, inflight)
     local models = decode_list(f[6])
     if score < FULL and score <= top then
       redis.call('ZADD', k_leases(pick), now + lease_ttl, lease_id)
-      expire_with_last_lease(k_leases(pick))
       inflight = inflight + 1
       local new_score, maxc = score_of(f, inflight)
       update_scores_for(models, pick, new_score)

@@ -59,14 +59,6 @@ local function in_flight(id, now)
   return redis.call('ZCARD', key)
 end
 
--- The key of a node's leases goes when its latest lease would, so nothing is left behind
--- when the node and every holder vanish. Latest, not newest: replicas may run with
--- different lease TTLs.
-local function expire_with_last_lease(key)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-  if last then redis.call('PEXPIREAT', key, last) end
-end
-
 -- The fields routing needs, read with one HMGET: draining, initializing, max_concurrency,
 -- gpu_capability_score, average_response_time_ms, executable_models, ip_address,
 -- node_api_port.
@@ -170,10 +162,16 @@ local function refresh_liveness(id, now, alive_ttl, new_json, installed)
   sync_load_membership(id, now)
 end
 
--- Remove every trace of a node except its leases: their key expires with its last lease
--- (acquire and renew set it), and their holders release them harmlessly meanwhile.
+-- Remove every trace of a node except its live leases: their holders release them
+-- harmlessly (an emptied sorted set disappears), and the key is set to expire with the
+-- latest one in case a holder died too. Setting the expiry here, once, keeps it off the
+-- per-request path; a lease renewed past it belongs to a node that no longer exists.
 local function forget_node(id)
   local key = k_node(id)
+  local leases = k_leases(id)
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms())
+  local last = redis.call('ZRANGE', leases, -1, -1, 'WITHSCORES')[2]
+  if last then redis.call('PEXPIREAT', leases, last) end
   local f = redis.call('HMGET', key, 'machine_name', 'runtime_port')
   for _, m in ipairs(node_models(id)) do
     redis.call('ZREM', k_model_nodes(m), id)

@@ -19,7 +19,6 @@ for _ = 1, n_leases do
   local key = k_leases(ARGV[i])
   if (tonumber(redis.call('ZSCORE', key, ARGV[i + 1]) or '0')) > now then
     leases = leases + redis.call('ZADD', key, 'XX', 'CH', lease_deadline, ARGV[i + 1])
-    expire_with_last_lease(key)
   end
   i = i + 2
 end
