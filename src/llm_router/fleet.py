@@ -50,7 +50,7 @@ class Fleet:
         store = store or open_store(settings.redis_url, timeout_s=settings.redis_socket_timeout_s)
         keys = Keys(settings.key_prefix)
         metrics = RouterMetrics()
-        scripts = TimedScripts(store.redis, keys, metrics)
+        scripts = TimedScripts(store.redis, keys, metrics, store.fast)
         forget_ms = int(settings.node_forget_s * 1000)
         registry = NodeRegistry(
             store.redis,

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 )
 from redis.asyncio import Redis
 
-from llm_router.protocol import RegisterRequest
+from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
 from llm_router.state.scripts import FleetScripts, Granted, Queued
@@ -58,6 +58,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.keys = Keys(f"prop{uuid.uuid4().hex[:10]}")
         self.scripts = FleetScripts(self.redis, self.keys)
         self.capacity: dict[str, int] = {}
+        self.tokens: dict[str, str] = {}
         self.replicas = [Replica(f"r{next(_serial)}") for _ in range(2)]
         self.dead: list[Replica] = []
         self.dead_pending = False
@@ -78,6 +79,8 @@ class LeaseMachine(RuleBasedStateMachine):
                 registry.register(request, executable_models=[MODEL], gpu_backend="cuda")
             )
             self.capacity[registration.node_id] = capacity
+            self.tokens[registration.node_id] = registration.token
+        self.registry = registry
 
     # --- the replicas' actions ---------------------------------------------------------------
 
@@ -232,6 +235,10 @@ class LeaseMachine(RuleBasedStateMachine):
                 self.run(self.scripts.release(node_id=result.node_id, lease_id=result.lease_id))
             for node in self.capacity:
                 assert self.live_leases(node) == 0
+                # Expired members are pruned by the node's next heartbeat (or the next acquire
+                # or release on that node); after one, nothing is left behind.
+                beat = HeartbeatRequest(node_id=node)
+                assert self.run(self.registry.heartbeat(beat, self.tokens[node])) == "ok"
                 assert self.run(self.redis.zcard(self.keys.leases(node))) == 0
             assert self.run(self.redis.zcard(self.keys.queue(MODEL))) == 0
         finally:

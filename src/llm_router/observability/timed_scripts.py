@@ -11,12 +11,19 @@ from typing import Any
 
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.state.keys import Keys
+from llm_router.state.multiplex import MultiplexedRedis
 from llm_router.state.scripts import FleetScripts
 
 
 class TimedScripts(FleetScripts):
-    def __init__(self, redis: Any, keys: Keys, metrics: RouterMetrics) -> None:
-        super().__init__(redis, keys)
+    def __init__(
+        self,
+        redis: Any,
+        keys: Keys,
+        metrics: RouterMetrics,
+        fast: MultiplexedRedis | None = None,
+    ) -> None:
+        super().__init__(redis, keys, fast)
         self._seconds = metrics.redis_seconds
         self._errors = metrics.redis_errors
 

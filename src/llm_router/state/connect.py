@@ -27,6 +27,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from llm_router.state.multiplex import MultiplexedRedis
+
 log = logging.getLogger(__name__)
 
 
@@ -42,12 +44,16 @@ class Store:
     embedded: bool
     description: str
     _pubsub_client: Any = field(default=None, repr=False)
+    #: The lean shared connection for the request path's scripts (plain and unix URLs).
+    fast: MultiplexedRedis | None = field(default=None, repr=False)
 
     def pubsub_client(self) -> Any:
         """A client whose ``pubsub()`` reaches the fleet's channel (cluster: any node)."""
         return self._pubsub_client or self.redis
 
     async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.close()
         if self._pubsub_client is not None and self._pubsub_client is not self.redis:
             await self._pubsub_client.aclose()
         await self.redis.aclose()
@@ -84,7 +90,10 @@ def open_store(url: str | None, *, timeout_s: float = 2.0) -> Store:
     if scheme in ("redis", "rediss", "unix", "valkey", "valkeys"):
         plain_url = url.replace("valkey", "redis", 1) if scheme.startswith("valkey") else url
         client = PlainRedis.from_url(plain_url, **_client_options(timeout_s))
-        return Store(client, embedded=False, description=_redact(url))
+        fast = (
+            MultiplexedRedis(plain_url, timeout_s) if MultiplexedRedis.supports(plain_url) else None
+        )
+        return Store(client, embedded=False, description=_redact(url), fast=fast)
     if scheme == "redis+sentinel":
         return _sentinel(url, timeout_s)
     if scheme == "redis+cluster":

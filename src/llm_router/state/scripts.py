@@ -8,6 +8,7 @@ Redis errors are translated here, at the boundary, into ``StateStoreUnavailable`
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from importlib import resources
 from typing import Any, Literal
 
 from redis import exceptions as redis_errors
+from redis.exceptions import NoScriptError
 
 from llm_router.errors import StateStoreUnavailable
 from llm_router.state.keys import Keys
+from llm_router.state.multiplex import MultiplexedRedis
 
 SCRIPT_NAMES = (
     "register",
@@ -96,17 +99,26 @@ class ModelEntry:
     backends: list[str]
 
 
+#: Scripts on every proxied request: they take the lean shared connection when there is one.
+_HOT_PATH = frozenset({"acquire", "release"})
+
+
 class FleetScripts:
     """Typed calls into the fleet's scripts; one instance per store connection."""
 
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, fast: MultiplexedRedis | None = None) -> None:
         self._keys = keys
         self._base = [keys.base]
         self._scripts = {n: redis.register_script(_load_source(n)) for n in SCRIPT_NAMES}
+        self._fast = fast
 
     async def _call(self, name: str, *args: str | int | float) -> Any:
+        script = self._scripts[name]
         try:
-            return await self._scripts[name](keys=self._base, args=list(args))
+            if self._fast is not None and name in _HOT_PATH:
+                with contextlib.suppress(NoScriptError):  # redis-py below loads it
+                    return await self._fast.evalsha(script.sha, self._base, list(args))
+            return await script(keys=self._base, args=list(args))
         except STORE_DOWN_ERRORS as exc:
             raise StateStoreUnavailable(f"state store unavailable: {exc}") from exc
 
