@@ -67,6 +67,17 @@ def settings_from_args(settings_cls: type[Any], args: argparse.Namespace) -> Any
         raise SystemExit(2) from None
 
 
+def store_settings(redis_url: str | None, key_prefix: str | None) -> RouterSettings:
+    """Settings for a command that only talks to the store (fleet, keys): the environment,
+    with ``--redis-url`` / ``--key-prefix`` on top."""
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (("redis_url", redis_url), ("key_prefix", key_prefix))
+        if value is not None
+    }
+    return RouterSettings(**overrides)
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -83,36 +94,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
-def cmd_node(args: argparse.Namespace) -> int:
+def _run_agent(args: argparse.Namespace, *, simulated: bool) -> int:
+    """The node agent, in front of a real runtime or of the built-in simulated one."""
     import asyncio
 
-    from llm_router.node.agent import run_node
     from llm_router.node.catalog import CatalogError
-    from llm_router.node.settings import NodeSettings
+    from llm_router.node.settings import NodeSettings, SimNodeSettings
 
-    settings = settings_from_args(NodeSettings, args)
-    _setup_logging(settings.log_level)
     try:
+        if simulated:
+            from llm_router.sim.node import run_sim_node
+
+            sim_settings: SimNodeSettings = settings_from_args(SimNodeSettings, args)
+            _setup_logging(sim_settings.log_level)
+            return asyncio.run(run_sim_node(sim_settings))
+        from llm_router.node.agent import run_node
+
+        settings: NodeSettings = settings_from_args(NodeSettings, args)
+        _setup_logging(settings.log_level)
         return asyncio.run(run_node(settings))
     except CatalogError as exc:
-        sys.stderr.write(f"llm-router node: {exc}\n")
+        sys.stderr.write(f"llm-router {args.command}: {exc}\n")
         return 2
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    return _run_agent(args, simulated=False)
 
 
 def cmd_sim_node(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from llm_router.node.catalog import CatalogError
-    from llm_router.node.settings import SimNodeSettings
-    from llm_router.sim.node import run_sim_node
-
-    settings = settings_from_args(SimNodeSettings, args)
-    _setup_logging(settings.log_level)
-    try:
-        return asyncio.run(run_sim_node(settings))
-    except CatalogError as exc:
-        sys.stderr.write(f"llm-router sim-node: {exc}\n")
-        return 2
+    return _run_agent(args, simulated=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -47,12 +47,9 @@ def add_keys_parser(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> RouterSettings:
-    overrides = {
-        name: value
-        for name, value in (("redis_url", args.redis_url), ("key_prefix", args.key_prefix))
-        if value is not None
-    }
-    return RouterSettings(**overrides)
+    from llm_router.cli import store_settings
+
+    return store_settings(args.redis_url, args.key_prefix)
 
 
 def _row(item: KeyListing) -> str:
