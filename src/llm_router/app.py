@@ -50,7 +50,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
 
 def create_app(settings: RouterSettings, *, store: Store | None = None) -> Litestar:
     fleet = Fleet.build(settings, store)
-    guard = Guard.build(settings, fleet.store.redis, fleet.keys, fleet.keyring)
+    guard = Guard.build(settings, fleet.store.redis, fleet.keys, fleet.keyring, fleet.scripts)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from llm_router.settings import RouterSettings
 from llm_router.state.connect import Store, open_store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
+from llm_router.state.scripts import FleetScripts
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Fleet:
     settings: RouterSettings
     store: Store
     keys: Keys
+    scripts: FleetScripts
     registry: NodeRegistry
     dispatcher: Dispatcher
     events: CapacityEvents
@@ -91,6 +93,7 @@ class Fleet:
             settings=settings,
             store=store,
             keys=keys,
+            scripts=scripts,
             registry=registry,
             dispatcher=dispatcher,
             events=events,

@@ -19,10 +19,17 @@ class Guard:
     limiter: RateLimiter
 
     @classmethod
-    def build(cls, settings: RouterSettings, redis: object, keys: Keys, keyring: KeyRing) -> Guard:
+    def build(
+        cls,
+        settings: RouterSettings,
+        redis: object,
+        keys: Keys,
+        keyring: KeyRing,
+        scripts: FleetScripts,
+    ) -> Guard:
         return cls(
             refresher=KeyRefresher(ManagedKeyStore(redis, keys), keyring, settings.key_refresh_s),
-            limiter=RateLimiter(FleetScripts(redis, keys), settings.rate_limit_per_minute),
+            limiter=RateLimiter(scripts, settings.rate_limit_per_minute),
         )
 
     async def start(self) -> None:
