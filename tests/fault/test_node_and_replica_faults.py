@@ -165,7 +165,8 @@ async def test_a_killed_replica_leaves_nothing_stuck(fleet: Cluster, redis_clien
     )
     assert time.monotonic() - killed_at < 2.0 + 2.0  # TTL + margin
 
-    # The node itself may still be generating for the dead replica (see the xfail below);
+    # The node may still be finishing the dead replica's request (its connection drop takes a
+    # moment to reach the runtime);
     # once it is done, the survivor routes to it: nothing in the fleet's state is stuck.
     def survivor_routes() -> bool:
         response = httpx.post(f"{survivor.url}/v1/chat/completions", json=body(), timeout=30)
