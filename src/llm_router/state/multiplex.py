@@ -110,13 +110,17 @@ class MultiplexedRedis:
                 _, link = await loop.create_connection(
                     _Link, self._options.get("host", "127.0.0.1"), self._options.get("port", 6379)
                 )
-            password = self._options.get("password")
-            if password:
-                user = self._options.get("username")
-                auth = ("AUTH", user, password) if user else ("AUTH", password)
-                self._check(await link.send(*auth))
-            if self._options.get("db"):
-                self._check(await link.send("SELECT", self._options["db"]))
+            try:
+                password = self._options.get("password")
+                if password:
+                    user = self._options.get("username")
+                    auth = ("AUTH", user, password) if user else ("AUTH", password)
+                    self._check(await link.send(*auth))
+                if self._options.get("db"):
+                    self._check(await link.send("SELECT", self._options["db"]))
+            except BaseException:
+                link.fail(RedisConnectionError("state store handshake failed"))
+                raise
             self._link = link
             return link
 
