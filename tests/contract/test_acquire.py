@@ -145,13 +145,14 @@ async def test_expired_lease_is_reclaimed_by_next_acquire(fleet: Fleet) -> None:
 
 async def test_renew_keeps_a_lease_alive_past_its_ttl(fleet: Fleet) -> None:
     reg = await fleet.register("box-a", [M], max_concurrency=1)
-    lease = await fleet.lease(M, lease_ttl_ms=400)
-    await sleep_ms(200)
+    lease = await fleet.lease(M, lease_ttl_ms=1000)
+    await sleep_ms(500)
     renewed = await fleet.scripts.renew(
-        lease_ttl_ms=400, ticket_ttl_ms=1000, leases=[(reg.node_id, lease.lease_id)], tickets=[]
+        lease_ttl_ms=1000, ticket_ttl_ms=1000, leases=[(reg.node_id, lease.lease_id)], tickets=[]
     )
     assert renewed == (1, 0)
-    await sleep_ms(300)  # past the first deadline, before the renewed one
+    # Past the first deadline, before the renewed one, with room for a busy machine.
+    await sleep_ms(750)
     assert await fleet.acquire(M, queue_max=0) == Refused("queue_full", queue_length=0)
     assert await fleet.live_leases(reg.node_id) == 1
 
