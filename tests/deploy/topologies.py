@@ -10,7 +10,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import redis
 
+from integration.procs import port_is_free
 from redis_server import RedisServerError, free_port
 
 START_TIMEOUT_S = 20.0
@@ -37,20 +37,11 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise RedisServerError(f"timed out after {timeout_s:g}s waiting for {what}")
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-        return True
-
-
 def cluster_port() -> int:
     """A free port P whose cluster bus port P + 10000 is free (and exists) too."""
     for _ in range(500):
         port = random.randint(20000, 50000)
-        if _bindable(port) and _bindable(port + 10000):
+        if port_is_free(port) and port_is_free(port + 10000):
             return port
     raise RedisServerError("no free pair of ports for a cluster node")
 

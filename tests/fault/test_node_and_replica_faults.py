@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from fault.harness import BlackHoleNode, fleet_counts, lease_members, queue_members
+from integration.conftest import open_cluster
 from integration.procs import Cluster, wait_until
 
 MODEL = "fault-model"
@@ -20,12 +21,8 @@ MODEL = "fault-model"
 
 @pytest.fixture
 def fleet(redis_url: str) -> Iterator[Cluster]:
-    cluster = Cluster(redis_url)
-    try:
+    with open_cluster(redis_url) as cluster:
         yield cluster
-    finally:
-        print(cluster.logs())
-        cluster.close()
 
 
 @pytest.fixture

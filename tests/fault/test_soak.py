@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from fault.harness import fleet_counts
+from integration.conftest import open_cluster
 from integration.procs import Cluster, SimNode, wait_until
 
 MODEL = "soak-model"
@@ -33,12 +34,8 @@ ALLOWED = {200, 429, 502, 503, 504}
 
 @pytest.fixture
 def fleet(redis_url: str) -> Iterator[Cluster]:
-    cluster = Cluster(redis_url)
-    try:
+    with open_cluster(redis_url) as cluster:
         yield cluster
-    finally:
-        print(cluster.logs())
-        cluster.close()
 
 
 async def one_request(http: httpx.AsyncClient, url: str, rng: random.Random) -> str:

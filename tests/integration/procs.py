@@ -38,7 +38,7 @@ FAST_ROUTER_FLAGS: dict[str, Any] = {
 }
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((LOOPBACK, port))
@@ -58,7 +58,7 @@ def free_port_pair() -> int:
     """A port P with P-1 free too: a simulated node listens on both."""
     for _ in range(200):
         port = free_port()
-        if port > 1025 and _port_is_free(port - 1):
+        if port > 1025 and port_is_free(port - 1):
             return port
     raise RuntimeError("no free pair of adjacent loopback ports")
 

@@ -102,18 +102,12 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _Samples(_Metric):
+    """A metric that is one value per label tuple (counters and gauges)."""
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labels)
         self._values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self._values[labels] = self._values.get(labels, 0.0) + amount
-
-    def value(self, *labels: str) -> float:
-        return self._values.get(labels, 0.0)
 
     def render(self) -> list[str]:
         lines = self._header()
@@ -122,14 +116,20 @@ class Counter(_Metric):
         return lines
 
 
-class Gauge(_Metric):
+class Counter(_Samples):
+    kind = "counter"
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        self._values[labels] = self._values.get(labels, 0.0) + amount
+
+    def value(self, *labels: str) -> float:
+        return self._values.get(labels, 0.0)
+
+
+class Gauge(_Samples):
     """A gauge whose samples are replaced wholesale (scrape-time views) or set one by one."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[tuple[str, ...], float] = {}
 
     def set(self, value: float, *labels: str) -> None:
         self._values[labels] = value
@@ -139,12 +139,6 @@ class Gauge(_Metric):
 
     def value(self, *labels: str) -> float | None:
         return self._values.get(labels)
-
-    def render(self) -> list[str]:
-        lines = self._header()
-        for labels, value in sorted(self._values.items()):
-            lines.append(f"{self.name}{_labels(self.label_names, labels)} {_number(value)}")
-        return lines
 
 
 class Histogram(_Metric):
