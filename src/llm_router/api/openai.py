@@ -7,23 +7,26 @@ The body itself is forwarded as received (never re-serialised).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from litestar import Request, Response, get, post
+from litestar import Request, asgi, get
 from litestar.params import FromPath
-from litestar.response import Stream
+from litestar.types import Message, Receive, Scope, Send
 
 from llm_router.api.nodes import fleet_of
-from llm_router.auth import Scope
-from llm_router.errors import ClientClosedRequest, InvalidRequest, ModelNotFound
+from llm_router.auth import Scope as AuthScope
+from llm_router.errors import BodyTooLarge, ClientClosedRequest, InvalidRequest, ModelNotFound
 from llm_router.protocol import validate_model_id
+from llm_router.routing.proxy import ProxyReply
 from llm_router.security.guard import Guard
 from llm_router.state.scripts import ModelEntry
+
+if TYPE_CHECKING:
+    from llm_router.fleet import Fleet
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -48,8 +51,8 @@ def model_of(body: bytes) -> str:
         raise InvalidRequest(f"Invalid 'model': {exc}", param="model") from exc
 
 
-def request_id_of(request: Request[Any, Any, Any]) -> str:
-    given = request.headers.get("x-request-id")
+def request_id_of(headers: Mapping[str, str]) -> str:
+    given = headers.get("x-request-id")
     if given and _REQUEST_ID_RE.match(given):
         return given
     return uuid.uuid4().hex
@@ -61,78 +64,132 @@ def request_id_of(request: Request[Any, Any, Any]) -> str:
 DISCONNECT_WATCH_AFTER_S = 0.25
 
 
-async def _forward(request: Request[Any, Any, Any], path: str) -> Response[bytes] | Stream:
-    fleet = fleet_of(request)
-    principal = fleet.keyring.check(request.headers, Scope.API)
-    guard: Guard = request.app.state.guard
-    await guard.admit(principal)
-    body = await request.body()
-    model = model_of(body)
-    with _cancel_when_client_leaves(request) as gone:
-        try:
-            return await fleet.proxy.forward(
-                path=path,
-                model=model,
-                body=body,
-                headers=request.headers,
-                request_id=request_id_of(request),
-                client_gone=lambda: _disconnected(request),
-            )
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if gone.is_set() and task is not None and task.uncancel() == 0:
-                # Our own cancellation: the proxy has freed the lease and closed the
-                # upstream connection on its way out; end the request quietly.
-                raise ClientClosedRequest("the client disconnected") from None
-            raise
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientClosedRequest("the client disconnected before sending its body")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"Request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-@contextlib.contextmanager
-def _cancel_when_client_leaves(request: Request[Any, Any, Any]) -> Iterator[asyncio.Event]:
-    """Cancel the current task if the client disconnects (watched after a short delay)."""
+async def _client_left(receive: Receive) -> None:
+    """Return once the client has gone. Only called after the body was read in full, when
+    the server's next message can only be the disconnect."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _cancel_current_task_when(receive: Receive, *, after_s: float) -> Callable[[], bool]:
+    """Watch (after ``after_s``) for the client leaving and cancel the current task then.
+
+    Returns a function that stops watching and says whether the client left.
+    """
     task = asyncio.current_task()
-    gone = asyncio.Event()
-    watcher: asyncio.Task[None] | None = None
+    state: dict[str, Any] = {"gone": False, "watcher": None}
 
     async def watch() -> None:
-        await _disconnected(request)
-        gone.set()
+        await _client_left(receive)
+        state["gone"] = True
         if task is not None:
             task.cancel()
 
     def start() -> None:
-        nonlocal watcher
-        watcher = asyncio.ensure_future(watch())
+        state["watcher"] = asyncio.ensure_future(watch())
 
-    handle = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER_S, start)
+    handle = asyncio.get_running_loop().call_later(after_s, start) if after_s else None
+    if handle is None:
+        start()
+
+    def stop() -> bool:
+        if handle is not None:
+            handle.cancel()
+        if state["watcher"] is not None:
+            state["watcher"].cancel()
+        return bool(state["gone"])
+
+    return stop
+
+
+def _absorb_our_cancellation(stop_watching: Callable[[], bool]) -> bool:
+    """After a CancelledError: True when it was our watcher's (the client left)."""
+    task = asyncio.current_task()
+    return stop_watching() and task is not None and task.uncancel() == 0
+
+
+def _start_message(reply: ProxyReply) -> Message:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+    if reply.chunks is None:
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+    return {"type": "http.response.start", "status": reply.status, "headers": headers}
+
+
+async def _send_reply(reply: ProxyReply, receive: Receive, send: Send) -> None:
+    await send(_start_message(reply))
+    if reply.chunks is None:
+        await send({"type": "http.response.body", "body": reply.body, "more_body": False})
+        return
+    # A stream ends when the node ends it or the client leaves, whichever comes first;
+    # closing the relay releases the node's lease either way.
+    stop_watching = _cancel_current_task_when(receive, after_s=0)
     try:
-        yield gone
+        async for chunk in reply.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not _absorb_our_cancellation(stop_watching):
+            raise
     finally:
-        handle.cancel()
-        if watcher is not None:
-            watcher.cancel()
+        stop_watching()
+        await reply.chunks.aclose()
 
 
-async def _disconnected(request: Request[Any, Any, Any]) -> None:
-    """Return once the client has gone. Only called after the body was read in full, when
-    the server's next message can only be the disconnect."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def _inference_endpoint(path: str) -> Any:
+    """A raw ASGI handler: the hot path skips Litestar's request and response objects
+    (measured: about 200 µs of CPU per request). Errors raised before the reply starts are
+    rendered by the app's exception handlers like any other."""
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        fleet: Fleet = scope["litestar_app"].state.fleet
+        guard: Guard = scope["litestar_app"].state.guard
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        await guard.admit(fleet.keyring.check(headers, AuthScope.API))
+        body = await _read_body(receive, fleet.settings.max_body_bytes)
+        model = model_of(body)
+        stop_watching = _cancel_current_task_when(receive, after_s=DISCONNECT_WATCH_AFTER_S)
+        try:
+            reply = await fleet.proxy.forward(
+                path=path,
+                model=model,
+                body=body,
+                headers=headers,
+                request_id=request_id_of(headers),
+                client_gone=lambda: _client_left(receive),
+            )
+        except asyncio.CancelledError:
+            if _absorb_our_cancellation(stop_watching):
+                # The proxy freed the lease and closed the upstream connection on its way
+                # out; nobody is left to answer.
+                return
+            raise
+        finally:
+            stop_watching()
+        await _send_reply(reply, receive, send)
+
+    endpoint.__name__ = "inference" + path.replace("/", "_")
+    return asgi(path, name=endpoint.__name__, copy_scope=False)(endpoint)
 
 
-@post("/v1/chat/completions")
-async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    return await _forward(request, "/v1/chat/completions")
-
-
-@post("/v1/completions")
-async def completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    return await _forward(request, "/v1/completions")
-
-
-@post("/v1/embeddings")
-async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    return await _forward(request, "/v1/embeddings")
+chat_completions = _inference_endpoint("/v1/chat/completions")
+completions = _inference_endpoint("/v1/completions")
+embeddings = _inference_endpoint("/v1/embeddings")
 
 
 def _model_object(entry: ModelEntry) -> dict[str, Any]:
@@ -149,7 +206,7 @@ def _model_object(entry: ModelEntry) -> dict[str, Any]:
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     fleet = fleet_of(request)
-    fleet.keyring.check(request.headers, Scope.API)
+    fleet.keyring.check(request.headers, AuthScope.API)
     entries = await fleet.registry.list_models()
     return {"object": "list", "data": [_model_object(e) for e in entries]}
 
@@ -157,7 +214,7 @@ async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
 @get("/v1/models/{model_id:path}")
 async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
     fleet = fleet_of(request)
-    fleet.keyring.check(request.headers, Scope.API)
+    fleet.keyring.check(request.headers, AuthScope.API)
     wanted = model_id.lstrip("/")
     for entry in await fleet.registry.list_models():
         if entry.id == wanted:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
-from litestar import Response
-from litestar.response import Stream
 
 from llm_router.errors import (
     GatewayTimeout,
@@ -67,6 +65,19 @@ class ProxyConfig:
     idle_timeout_s: float
 
 
+@dataclass(frozen=True)
+class ProxyReply:
+    """What goes back to the client: a whole body, or SSE chunks to relay as they come.
+
+    Iterating ``chunks`` to the end (or closing it) releases the node's lease.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    chunks: AsyncGenerator[bytes, None] | None = None
+
+
 class _AttemptFailed(Exception):
     def __init__(self, error: RouterError, *, exclude: bool, cooldown_ms: int) -> None:
         super().__init__(error.message)
@@ -108,7 +119,7 @@ class Proxy:
         headers: Mapping[str, str],
         request_id: str,
         client_gone: Callable[[], Awaitable[object]] | None = None,
-    ) -> Response[bytes] | Stream:
+    ) -> ProxyReply:
         trace = self._observer.begin(model, request_id)
         try:
             response = await self._forward(
@@ -117,8 +128,8 @@ class Proxy:
         except BaseException as exc:
             self._observer.failed(trace, exc)
             raise
-        if not isinstance(response, Stream):  # a stream reports when it ends
-            self._observer.finish(trace, response.status_code or 200)
+        if response.chunks is None:  # a stream reports when it ends
+            self._observer.finish(trace, response.status)
         return response
 
     async def _forward(
@@ -130,7 +141,7 @@ class Proxy:
         request_id: str,
         trace: RequestTrace,
         client_gone: Callable[[], Awaitable[object]] | None,
-    ) -> Response[bytes] | Stream:
+    ) -> ProxyReply:
         assert self._session is not None, "Proxy.start() was not awaited"
         out_headers = {h: headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in headers}
         out_headers["x-request-id"] = request_id
@@ -143,7 +154,7 @@ class Proxy:
                 # Every node is excluded or gone; report what the last one said.
                 if busy_response is not None:
                     status, content, resp_headers = busy_response
-                    return Response(content, status_code=status, headers=resp_headers)
+                    return ProxyReply(status, resp_headers, content)
                 if last_error is not None:
                     raise last_error from None
                 raise
@@ -167,7 +178,7 @@ class Proxy:
                 raise
         if busy_response is not None:
             status, content, resp_headers = busy_response
-            return Response(content, status_code=status, headers=resp_headers)
+            return ProxyReply(status, resp_headers, content)
         assert last_error is not None
         raise last_error
 
@@ -179,7 +190,7 @@ class Proxy:
         headers: dict[str, str],
         request_id: str,
         trace: RequestTrace,
-    ) -> Response[bytes] | Stream:
+    ) -> ProxyReply:
         assert self._session is not None
         url = lease.url + path
         trace.sending()
@@ -217,7 +228,7 @@ class Proxy:
                 ) from exc
             trace.answered()
             self._dispatcher.release_soon(lease)
-            return Response(content, status_code=status, headers=response_headers)
+            return ProxyReply(status, response_headers, content)
 
         try:
             async with asyncio.timeout(self._config.first_byte_timeout_s):
@@ -231,11 +242,8 @@ class Proxy:
             upstream.release()
             raise self._fail(UpstreamError(f"node {lease.node_id} closed an empty stream"))
         trace.answered(stream=True)
-        return Stream(
-            self._relay(upstream, first, lease, trace, status),
-            status_code=status,
-            headers=response_headers,
-            media_type="text/event-stream",
+        return ProxyReply(
+            status, response_headers, chunks=self._relay(upstream, first, lease, trace, status)
         )
 
     async def _relay(
@@ -245,7 +253,7 @@ class Proxy:
         lease: Lease,
         trace: RequestTrace,
         status: int,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         broken = False
         try:
             yield first
