@@ -20,6 +20,8 @@ from litestar.types import Message, Receive, Scope, Send
 from llm_router.api.nodes import fleet_of
 from llm_router.auth import Scope as AuthScope
 from llm_router.errors import BodyTooLarge, ClientClosedRequest, InvalidRequest, ModelNotFound
+from llm_router.node.asgi import BodyTooLarge as BodyOverLimit
+from llm_router.node.asgi import ClientGone, read_body
 from llm_router.protocol import validate_model_id
 from llm_router.routing.proxy import ProxyReply
 from llm_router.security.guard import Guard
@@ -65,19 +67,12 @@ DISCONNECT_WATCH_AFTER_S = 0.25
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientClosedRequest("the client disconnected before sending its body")
-        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"Request body is larger than {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        return await read_body(receive, limit)  # type: ignore[arg-type]
+    except ClientGone as exc:
+        raise ClientClosedRequest("the client disconnected before sending its body") from exc
+    except BodyOverLimit as exc:
+        raise BodyTooLarge(f"Request body is larger than {limit} bytes") from exc
 
 
 async def _client_left(receive: Receive) -> None:
