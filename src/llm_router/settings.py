@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -22,6 +22,17 @@ def _split_keys(value: object) -> object:
 
 
 KeyList = Annotated[list[str], NoDecode]
+
+
+def _known_level(value: str) -> str:
+    level = value.lower()
+    if level not in {"critical", "error", "warning", "info", "debug"}:
+        raise ValueError("log_level must be one of critical, error, warning, info, debug")
+    return level
+
+
+#: A logging level name, any case; every process kind's settings use it.
+LogLevel = Annotated[str, AfterValidator(_known_level)]
 
 
 class RouterSettings(BaseSettings):
@@ -75,7 +86,7 @@ class RouterSettings(BaseSettings):
         default=0, ge=0, description="requests per minute per API key, all replicas (0 = off)"
     )
 
-    log_level: str = Field(default="info")
+    log_level: LogLevel = Field(default="info")
     access_log: bool = Field(default=False, description="per-request log lines (costs throughput)")
 
     _split = field_validator("api_keys", "node_keys", "admin_keys", mode="before")(_split_keys)
@@ -86,14 +97,6 @@ class RouterSettings(BaseSettings):
         if not _PREFIX_RE.match(value):
             raise ValueError("key_prefix must be 1-64 characters of [A-Za-z0-9_.-]")
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        level = value.lower()
-        if level not in {"critical", "error", "warning", "info", "debug"}:
-            raise ValueError("log_level must be one of critical, error, warning, info, debug")
-        return level
 
     @model_validator(mode="after")
     def _timeouts_are_coherent(self) -> RouterSettings:

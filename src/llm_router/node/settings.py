@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llm_router.gpu import GpuBackend
 from llm_router.protocol import validate_model_id
+from llm_router.settings import LogLevel
 
 
 def _default_machine_name() -> str:
@@ -78,17 +79,9 @@ class AgentSettings(BaseSettings):
     models_refresh_s: float = Field(
         default=30.0, gt=0, description="how often the runtime's model list is re-read"
     )
-    log_level: str = Field(default="info", description="critical, error, warning, info, debug")
+    log_level: LogLevel = Field(default="info", description="critical, error, warning, info, debug")
 
     _url = field_validator("router_url", mode="after")(_strip_url)
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        level = value.lower()
-        if level not in {"critical", "error", "warning", "info", "debug"}:
-            raise ValueError("log_level must be one of critical, error, warning, info, debug")
-        return level
 
     @property
     def runtime_port(self) -> int:
