@@ -10,6 +10,7 @@ import uvicorn
 
 from llm_router.app import create_app
 from llm_router.auth import startup_problems
+from llm_router.edge_limits import EdgeLimits, LimitedHttpTools
 from llm_router.fleet import Fleet
 from llm_router.settings import RouterSettings
 
@@ -57,7 +58,15 @@ def serve(settings: RouterSettings) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=LimitedHttpTools.with_limits(
+            EdgeLimits(
+                max_header_bytes=settings.max_header_bytes,
+                header_timeout_s=settings.header_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+                max_connections=settings.max_connections,
+            )
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         lifespan="on",
         # Our JSON access log (observability) replaces uvicorn's plain-text lines.
         access_log=False,

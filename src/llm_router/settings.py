@@ -74,6 +74,21 @@ class RouterSettings(BaseSettings):
         default=30.0, gt=0, le=3600, description="on SIGTERM, wait this long for open requests"
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request line + headers"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="a request's head must arrive within this"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, le=86400, description="a request's body must arrive within this"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=3600, description="close a connection idle between requests"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, le=1_000_000, description="open client connections per replica"
+    )
 
     api_keys: KeyList = Field(default_factory=list, description="comma-separated, scope api")
     node_keys: KeyList = Field(default_factory=list, description="comma-separated, scope node")
