@@ -16,6 +16,7 @@ from llm_router.api import nodes, openai, probes
 from llm_router.errors import RouterError, error_body
 from llm_router.fleet import Fleet
 from llm_router.security.guard import Guard
+from llm_router.security.one_key import refuse_ambiguous_credentials
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import Store
 
@@ -70,6 +71,7 @@ def create_app(settings: RouterSettings, *, store: Store | None = None) -> Lites
             Exception: _unexpected,
         },
         lifespan=[lifespan],
+        middleware=[refuse_ambiguous_credentials],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="llm-router", version=__version__, path="/schema"),
         logging_config=None,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from llm_router.errors import AuthError, Forbidden
+from llm_router.errors import AuthError, Forbidden, InvalidRequest
 from llm_router.settings import RouterSettings
 
 
@@ -55,6 +55,33 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
             return value.strip()
     key = headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
+
+
+def ambiguous_credentials(raw_headers: Iterable[tuple[bytes, bytes]]) -> InvalidRequest | None:
+    """Why a request's credentials are ambiguous, or ``None``: two ``Authorization``
+    headers, two ``X-API-Key`` headers, or both kinds naming different keys.
+
+    Components disagree on which of two copies counts (the inference path took the last,
+    the framework the first), so a request carrying two is refused before anyone picks.
+    """
+    auth: list[bytes] = []
+    api_key: list[bytes] = []
+    for name, value in raw_headers:
+        if name == b"authorization":
+            auth.append(value)
+        elif name == b"x-api-key":
+            api_key.append(value)
+    if len(auth) > 1:
+        return InvalidRequest("Send one Authorization header, not several", param="Authorization")
+    if len(api_key) > 1:
+        return InvalidRequest("Send one X-API-Key header, not several", param="X-API-Key")
+    if auth and api_key:
+        bearer = presented_key({"authorization": auth[0].decode("latin-1")})
+        if bearer != api_key[0].decode("latin-1").strip():
+            return InvalidRequest(
+                "Authorization and X-API-Key name different keys; send one", param="X-API-Key"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -143,7 +170,9 @@ class KeyRing:
             raise AuthError("Invalid API key")
         held, rate_limit = found
         if held is not scope and held is not Scope.ADMIN:
-            raise Forbidden(f"This key (scope '{held}') is not allowed in scope '{scope}'")
+            # Name what the endpoint needs, never what the key holds: the answer must not
+            # tell a caller holding a stolen key how far it reaches.
+            raise Forbidden(f"This key is not allowed here: scope '{scope}' is required")
         return Principal(key_id_of(key_digest), held, rate_limit)
 
 

@@ -273,10 +273,32 @@ def _emit(args: argparse.Namespace, data: Any, table: Table | None = None) -> No
 # --- the command ---------------------------------------------------------------------------
 
 
+def _is_identity(name: str) -> bool:
+    machine, sep, port = name.rpartition(":")
+    return bool(sep and machine and port.isdigit())
+
+
+async def _identity_drain(state: FleetState, args: argparse.Namespace) -> int:
+    """Drain or undrain ``machine:port`` while no record of it exists (deleted, or not yet
+    registered): the drain waits for the identity's next registration."""
+    draining = args.fleet_action == "drain"
+    if not await state.registry.drain_identity(args.node, draining=draining):
+        sys.stderr.write(f"llm-router fleet: no node or drain matches {args.node!r}\n")
+        return 1
+    result = {"action": args.fleet_action, "identity": args.node, "status": "no record"}
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(f"{args.fleet_action}: {args.node} (no record now; kept for its next registration)")
+    return 0
+
+
 async def _node_action(state: FleetState, args: argparse.Namespace) -> int:
     try:
         node = await state.resolve(args.node)
     except NodeLookupError as exc:
+        if args.fleet_action != "forget" and _is_identity(args.node):
+            return await _identity_drain(state, args)
         sys.stderr.write(f"llm-router fleet: {exc}\n")
         return 1
     node_id = str(node["id"])
@@ -304,8 +326,8 @@ async def _node_action(state: FleetState, args: argparse.Namespace) -> int:
         )
         if args.fleet_action == "forget":
             sys.stderr.write(
-                "note: a running agent registers again at its next heartbeat; drain the node "
-                "or revoke its key to keep it out\n"
+                "note: a running agent registers again at its next heartbeat; drain it "
+                "(the drain outlives the record) or revoke its key to keep it out\n"
             )
     return 0
 
@@ -364,7 +386,8 @@ def add_fleet_parser(sub: Any) -> None:
         "leases", parents=[common], help="per node: in-flight, limit, deadlines, stuck leases"
     )
     helps = {
-        "drain": "stop routing new requests to NODE (in-flight ones finish)",
+        "drain": "stop routing new requests to NODE (in-flight ones finish); kept for "
+        "machine:port across re-registrations until undrain",
         "undrain": "route to NODE again",
         "forget": "remove NODE now (a running agent registers again)",
     }

@@ -21,7 +21,16 @@ def _split_keys(value: object) -> object:
     return value
 
 
-KeyList = Annotated[list[str], NoDecode]
+def _printable_ascii(keys: list[str]) -> list[str]:
+    # Headers arrive as latin-1 and keys are digested as UTF-8: a key outside printable
+    # ASCII could never match what a client sends, so it is refused here, at start-up.
+    for key in keys:
+        if not (key.isascii() and key.isprintable()) or " " in key:
+            raise ValueError("API keys must be printable ASCII without spaces")
+    return keys
+
+
+KeyList = Annotated[list[str], NoDecode, AfterValidator(_printable_ascii)]
 
 
 def _known_level(value: str) -> str:

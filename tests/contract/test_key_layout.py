@@ -47,6 +47,8 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
     out = {
         keys.nodes_alive,
         keys.nodes_index,
+        keys.nodes_drained,
+        keys.models_version,
         keys.models_known,
         keys.models_created,
         keys.api_keys,
@@ -96,6 +98,7 @@ async def _scenario(fleet: Fleet) -> tuple[list[str], list[str]]:
 
     await fleet.registry.drain(b.node_id)
     await fleet.registry.drain(b.node_id, draining=False)
+    await fleet.registry.drain_identity("later:8000")
     await fleet.acquire(INSTALLED_ONLY)
     await fleet.acquire("nobody-has-this")
     await fleet.registry.list_models()

@@ -53,7 +53,7 @@ async def test_reregistration_clears_exclusions(fleet: Fleet) -> None:
     assert isinstance(await fleet.acquire(M), Granted)
 
 
-async def test_reregistration_lifts_drain_but_heartbeat_does_not(fleet: Fleet) -> None:
+async def test_a_drain_outlives_heartbeats_re_registration_and_removal(fleet: Fleet) -> None:
     reg = await fleet.register("box-a", [M])
     assert await fleet.registry.drain(reg.node_id) is True
     assert await fleet.heartbeat(reg, executable_models=[M]) == "ok"
@@ -63,10 +63,30 @@ async def test_reregistration_lifts_drain_but_heartbeat_does_not(fleet: Fleet) -
 
     again = await fleet.register("box-a", [M])
     record = await fleet.registry.get_node(again.node_id)
-    assert record is not None
-    assert record["status"] == "online"
+    assert record is not None and record["status"] == "draining"
+    assert await fleet.acquire(M) == Refused("no_capable")
+
+    assert await fleet.registry.deregister(again.node_id) == "ok"
+    back = await fleet.register("box-a", [M])
+    assert back.node_id != reg.node_id
+    assert await fleet.registry.drained_identities() != {}
+    assert await fleet.acquire(M) == Refused("no_capable")
+
+    assert await fleet.registry.drain(back.node_id, draining=False) is True
+    record = await fleet.registry.get_node(back.node_id)
+    assert record is not None and record["status"] == "online"
     assert record["draining"] is False
+    assert await fleet.registry.drained_identities() == {}
     assert isinstance(await fleet.acquire(M), Granted)
+
+
+async def test_an_identity_is_drained_before_it_registers(fleet: Fleet) -> None:
+    assert await fleet.registry.drain_identity("box-b:8000", draining=False) is False
+    assert await fleet.registry.drain_identity("box-b:8000") is True
+    assert await fleet.registry.drain_identity("", draining=True) is False
+    reg = await fleet.register("box-b", [M])
+    record = await fleet.registry.get_node(reg.node_id)
+    assert record is not None and record["status"] == "draining"
 
 
 async def test_reregistration_replaces_the_executable_set(fleet: Fleet) -> None:
@@ -330,7 +350,8 @@ async def test_prune_leaves_nothing_behind_a_crashed_fleet(fleet: Fleet) -> None
     await sleep_ms(350)
 
     assert (await short.prune())[0] == 1
-    assert await fleet.all_keys() == []
+    # Only the fleet's models stamp remains: a counter, nothing of the node.
+    assert await fleet.all_keys() == [fleet.keys.models_version]
 
 
 async def test_deregistered_nodes_leases_expire_by_themselves(fleet: Fleet) -> None:

@@ -19,6 +19,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        # json.loads recurses once per nesting level; no protocol body nests this deep.
+        raise InvalidRequest("Request body is nested too deeply") from exc
     if not isinstance(value, dict):
         raise InvalidRequest("Request body must be a JSON object")
     return value

@@ -93,14 +93,14 @@ def open_store(url: str | None, *, timeout_s: float = 2.0) -> Store:
         fast = (
             MultiplexedRedis(plain_url, timeout_s) if MultiplexedRedis.supports(plain_url) else None
         )
-        return Store(client, embedded=False, description=_redact(url), fast=fast)
+        return Store(client, embedded=False, description=redact_url(url), fast=fast)
     if scheme == "redis+sentinel":
         return _sentinel(url, timeout_s)
     if scheme == "redis+cluster":
         return _cluster(url, timeout_s)
     raise StoreUrlError(
-        f"unsupported store URL scheme {scheme or url!r}: use redis://, rediss://, unix://, "
-        "redis+sentinel:// or redis+cluster://"
+        f"unsupported store URL scheme {scheme or redact_url(url)!r}: use redis://, "
+        "rediss://, unix://, redis+sentinel:// or redis+cluster://"
     )
 
 
@@ -147,12 +147,50 @@ def _cluster(url: str, timeout_s: float) -> Store:
     # to hear the fleet's events.
     first_host, first_port = _hosts(netloc, 6379)[0]
     sub = PlainRedis(host=first_host, port=first_port, password=password, **options)
-    return Store(client, embedded=False, description=_redact(url), _pubsub_client=sub)
+    return Store(client, embedded=False, description=redact_url(url), _pubsub_client=sub)
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+#: Query parameters shown as given; every other one (password, username, ssl_password, a
+#: credential redis-py may learn to accept tomorrow...) is shown as ``***``. An allow-list,
+#: because a deny-list leaks the first credential nobody thought of.
+_PLAIN_QUERY = frozenset(
+    {
+        "db",
+        "protocol",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "retry_on_timeout",
+        "max_connections",
+        "health_check_interval",
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+        "require_full_coverage",
+        "decode_responses",
+    }
+)
+
+
+def redact_url(url: str) -> str:
+    """The store URL with every credential replaced by ``***``: the user-info part (user,
+    password, or a bare Sentinel password) and any query value not known to be harmless.
+
+    Works on the raw text rather than ``urlsplit``'s fields, which misread multi-host and
+    password-only netlocs; anything unparseable is shown as its scheme alone.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    rest, _, _fragment = rest.partition("#")
+    location, qmark, query = rest.partition("?")
+    netloc, slash, path = location.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    shown = f"{scheme}://{netloc}{slash}{path}"
+    if not qmark:
+        return shown
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _value = pair.partition("=")
+        pairs.append(pair if unquote(name).lower() in _PLAIN_QUERY or not eq else f"{name}=***")
+    return shown + "?" + "&".join(pairs)

@@ -35,6 +35,12 @@ class Keys:
         """hash: ``machine_name:runtime_port`` → node id."""
         return f"{self.base}nodes:index"
 
+    @property
+    def nodes_drained(self) -> str:
+        """hash: ``machine_name:runtime_port`` → when an admin drained it (ms); kept across
+        re-registrations and deletions until undrained."""
+        return f"{self.base}nodes:drained"
+
     def model_nodes(self, model: str) -> str:
         """zset: node id → liveness deadline, for nodes that can execute ``model``."""
         return f"{self.base}model:{model}:nodes"
@@ -51,6 +57,12 @@ class Keys:
     def models_created(self) -> str:
         """hash: model id → first time (s) any node advertised it (``created`` in /v1/models)."""
         return f"{self.base}models:created"
+
+    @property
+    def models_version(self) -> str:
+        """string: a counter moved by every change to which live node executes which model;
+        replicas cache ``/v1/models`` under it."""
+        return f"{self.base}models:version"
 
     @property
     def models_known(self) -> str:

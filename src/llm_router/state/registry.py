@@ -6,8 +6,10 @@ inform operators (lists, single records) are plain pipelined reads.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from llm_router.errors import StateStoreUnavailable
 from llm_router.gpu import GpuBackend, infer_gpu_backend
 from llm_router.protocol import HeartbeatRequest, NodeStatus, RegisterRequest
 from llm_router.state.keys import Keys
-from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts, ModelEntry
+from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts, ModelEntry, ModelList
 
 # Fields stored as JSON on the node hash; every other field is a plain string.
 _JSON_FIELDS = frozenset(
@@ -41,7 +43,28 @@ _FLOAT_FIELDS = frozenset(
 )
 _BOOL_FIELDS = frozenset({"gpu_available", "initializing", "draining"})
 _TIME_FIELDS = frozenset({"registered_at", "last_seen"})
-_SECRET_FIELDS = frozenset({"token_hash"})
+# Kept on the node hash for the scripts, never shown: the token's digest, and the backend
+# /v1/models last listed for the node (a change moves models:version).
+_HIDDEN_FIELDS = frozenset({"token_hash", "listed_backend"})
+
+
+_TOKEN_BYTES = 32
+#: What ``new_token`` and the register script's ids look like: anything else is refused
+#: without a Redis round trip (a forged heartbeat should cost the fleet nothing).
+_TOKEN_RE = re.compile(r"^nt_[A-Za-z0-9_-]{43}$")
+_NODE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def could_be_token(token: str) -> bool:
+    return _TOKEN_RE.match(token) is not None
+
+
+def could_be_node_id(node_id: str) -> bool:
+    return _NODE_ID_RE.match(node_id) is not None
+
+
+def new_node_id() -> str:
+    return secrets.token_hex(8)
 
 
 def hash_token(token: str) -> str:
@@ -49,7 +72,7 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    return "nt_" + secrets.token_urlsafe(32)
+    return "nt_" + secrets.token_urlsafe(_TOKEN_BYTES)
 
 
 def _encode(value: Any) -> str:
@@ -58,6 +81,10 @@ def _encode(value: Any) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _decode_field(name: str, raw: str) -> Any:
@@ -103,6 +130,8 @@ class NodeRegistry:
         self._keys = keys
         self._scripts = scripts
         self._timing = timing
+        self._models: ModelList | None = None
+        self._models_refresh = asyncio.Lock()
 
     async def register(
         self,
@@ -138,7 +167,7 @@ class NodeRegistry:
             fields["gpu_capability_score"] = request.gpu_capability_score
         token = new_token()
         status, node_id = await self._scripts.register(
-            candidate_id=secrets.token_hex(8),
+            candidate_id=new_node_id(),
             identity=f"{request.machine_name}:{request.runtime_port}",
             token_hash=hash_token(token),
             fields={k: _encode(v) for k, v in fields.items()},
@@ -151,6 +180,11 @@ class NodeRegistry:
     async def heartbeat(
         self, beat: HeartbeatRequest, token: str
     ) -> Literal["ok", "not_found", "unauthorized"]:
+        # Checked in the order the script checks them, so the answer is the same.
+        if not could_be_node_id(beat.node_id):
+            return "not_found"
+        if not could_be_token(token):
+            return "unauthorized"
         fields: dict[str, Any] = dict(beat.metrics())
         if beat.loaded_models is not None:
             fields["loaded_models"] = beat.loaded_models
@@ -184,11 +218,30 @@ class NodeRegistry:
     async def drain(self, node_id: str, *, draining: bool = True) -> bool:
         return await self._scripts.drain(node_id, draining=draining)
 
+    async def drain_identity(self, identity: str, *, draining: bool = True) -> bool:
+        """Drain ``machine_name:runtime_port`` before (or after) it has a record."""
+        return await self._scripts.drain("", draining=draining, identity=identity)
+
+    async def drained_identities(self) -> dict[str, float]:
+        """Identities an admin drained → when (s): they stay out until undrained."""
+        raw = await self._guard(self._redis.hgetall(self._keys.nodes_drained))
+        return {_text(k): int(_text(v)) / 1000.0 for k, v in raw.items()}
+
     async def prune(self) -> tuple[int, int]:
         return await self._scripts.prune(forget_ms=self._timing.forget_ms)
 
     async def list_models(self) -> list[ModelEntry]:
-        return await self._scripts.list_models(forget_ms=self._timing.forget_ms)
+        """The fleet's models, from this replica's copy while the fleet's stamp says it is
+        current: one O(1) script call, however many nodes and models the fleet holds."""
+        stamp, now_ms = await self._scripts.models_stamp()
+        seen = self._models
+        if seen is not None and seen.stamp == stamp and now_ms <= seen.valid_until_ms:
+            return seen.entries
+        async with self._models_refresh:
+            if self._models is not seen and self._models is not None:
+                return self._models.entries  # refreshed while this caller waited
+            self._models = await self._scripts.list_models(forget_ms=self._timing.forget_ms)
+            return self._models.entries
 
     # --- reads -------------------------------------------------------------------------
 
@@ -231,7 +284,7 @@ class NodeRegistry:
         record: dict[str, Any] = {}
         for key, value in fields.items():
             name = key.decode() if isinstance(key, bytes) else key
-            if name in _SECRET_FIELDS:
+            if name in _HIDDEN_FIELDS:
                 continue
             text = value.decode() if isinstance(value, bytes) else value
             record[name] = _decode_field(name, text)

@@ -29,6 +29,7 @@ SCRIPT_NAMES = (
     "drain",
     "prune",
     "list_models",
+    "models_stamp",
     "acquire",
     "release",
     "renew",
@@ -97,6 +98,15 @@ class ModelEntry:
     created: int
     node_count: int
     backends: list[str]
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """The fleet's models as of ``stamp``, right until the Redis clock passes ``valid_until_ms``."""
+
+    stamp: str
+    valid_until_ms: int
+    entries: list[ModelEntry]
 
 
 #: Scripts on every proxied request: they take the lean shared connection when there is one.
@@ -174,18 +184,19 @@ class FleetScripts:
         status = _text((await self._call("deregister", node_id, token_hash))[0])
         return status  # type: ignore[return-value]
 
-    async def drain(self, node_id: str, *, draining: bool) -> bool:
-        result = await self._call("drain", node_id, "1" if draining else "0")
+    async def drain(self, node_id: str, *, draining: bool, identity: str = "") -> bool:
+        """Drain (or undrain) a node by id, or an identity with no record (``node_id`` "")."""
+        result = await self._call("drain", node_id, "1" if draining else "0", identity)
         return _text(result[0]) == "ok"
 
     async def prune(self, *, forget_ms: int, batch: int = 100) -> tuple[int, int]:
         nodes, models = await self._call("prune", forget_ms, batch)
         return int(nodes), int(models)
 
-    async def list_models(self, *, forget_ms: int) -> list[ModelEntry]:
+    async def list_models(self, *, forget_ms: int) -> ModelList:
         flat = await self._call("list_models", forget_ms)
         entries = []
-        for i in range(0, len(flat), 4):
+        for i in range(2, len(flat), 4):
             backends = json.loads(_text(flat[i + 3]))
             entries.append(
                 ModelEntry(
@@ -195,7 +206,12 @@ class FleetScripts:
                     backends=backends if isinstance(backends, list) else [],
                 )
             )
-        return entries
+        return ModelList(_text(flat[0]), int(float(_text(flat[1]))), entries)
+
+    async def models_stamp(self) -> tuple[str, int]:
+        """The models stamp and the Redis clock (ms), in one cheap call."""
+        stamp, now_ms = await self._call("models_stamp")
+        return _text(stamp), int(now_ms)
 
     async def acquire(
         self,

@@ -27,16 +27,25 @@ end
 local function k_node(id) return BASE .. 'node:' .. id end
 local function k_alive() return BASE .. 'nodes:alive' end
 local function k_index() return BASE .. 'nodes:index' end
+local function k_drained() return BASE .. 'nodes:drained' end
 local function k_model_nodes(m) return BASE .. 'model:' .. m .. ':nodes' end
 local function k_model_load(m) return BASE .. 'model:' .. m .. ':load' end
 local function k_model_rr(m) return BASE .. 'model:' .. m .. ':rr' end
 local function k_known() return BASE .. 'models:known' end
 local function k_created() return BASE .. 'models:created' end
+local function k_models_version() return BASE .. 'models:version' end
 local function k_leases(id) return BASE .. 'leases:' .. id end
 local function k_queue(m) return BASE .. 'queue:' .. m end
 local function k_queue_alive(m) return BASE .. 'queue-alive:' .. m end
 local function k_excluded(id) return BASE .. 'excluded:' .. id end
 local function k_events() return BASE .. 'events:capacity' end
+
+-- /v1/models is cached on each replica under this stamp: every change to which live
+-- node executes which model moves it (a node's going offline by itself does not; the
+-- cached list carries the earliest liveness deadline for that).
+local function models_changed()
+  redis.call('INCR', k_models_version())
+end
 
 local function decode_list(raw)
   if not raw then return {} end
@@ -131,19 +140,30 @@ local function refresh_liveness(id, now, alive_ttl, new_json, installed)
   local deadline = now + alive_ttl
   local old = node_models(id)
   local new_models = nil
+  local was_live = tonumber(redis.call('ZSCORE', k_alive(), id) or '-1') >= now
+  local changed = not was_live
   if new_json then
     new_models = decode_list(new_json)
     local keep = as_set(new_models)
     for _, m in ipairs(old) do
       if not keep[m] then
+        changed = true
         redis.call('ZREM', k_model_nodes(m), id)
         redis.call('ZREM', k_model_load(m), id)
       end
     end
+    if #new_models ~= #old then changed = true end
     redis.call('HSET', k_node(id), 'executable_models', new_json)
   else
     new_models = old
   end
+  -- /v1/models shows backends too: a node whose backend changed moves the stamp.
+  local b = redis.call('HMGET', k_node(id), 'gpu_backend', 'listed_backend')
+  if b[1] and b[1] ~= b[2] then
+    redis.call('HSET', k_node(id), 'listed_backend', b[1])
+    changed = true
+  end
+  if changed then models_changed() end
   redis.call('ZADD', k_alive(), deadline, id)
   local executable = {}
   for _, m in ipairs(new_models) do
@@ -176,7 +196,15 @@ local function forget_node(id)
   for _, m in ipairs(node_models(id)) do
     redis.call('ZREM', k_model_nodes(m), id)
     redis.call('ZREM', k_model_load(m), id)
+    -- The last node that could execute it: the model leaves the fleet now, not at the
+    -- 24 h forget (a request still queued for it finds it unknown at its next turn).
+    if redis.call('ZCARD', k_model_nodes(m)) == 0 then
+      redis.call('ZREM', k_known(), m)
+      redis.call('HDEL', k_created(), m)
+      redis.call('DEL', k_model_load(m), k_model_rr(m), k_queue(m), k_queue_alive(m))
+    end
   end
+  models_changed()
   if f[1] and f[2] then
     local ident = f[1] .. ':' .. f[2]
     if redis.call('HGET', k_index(), ident) == id then

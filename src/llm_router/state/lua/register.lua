@@ -20,8 +20,14 @@ if not id then
   redis.call('HSET', k_index(), ident, id)
   redis.call('HSET', k_node(id), 'registered_at', now)
 else
-  -- An agent restart lifts what the previous incarnation earned: exclusions and a drain.
+  -- An agent restart lifts what the previous incarnation earned: its exclusions.
   redis.call('DEL', k_excluded(id))
+end
+-- An admin drain belongs to the identity, not to one incarnation: a restarted (or deleted
+-- and re-registered) agent comes back drained until someone undrains it.
+if redis.call('HEXISTS', k_drained(), ident) == 1 then
+  redis.call('HSET', k_node(id), 'draining', '1')
+else
   redis.call('HDEL', k_node(id), 'draining')
 end
 
