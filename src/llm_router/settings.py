@@ -95,6 +95,12 @@ class RouterSettings(BaseSettings):
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, le=3600, description="close a connection idle between requests"
     )
+    max_models_per_node: int = Field(
+        default=1024, ge=1, le=4096, description="models one node may advertise"
+    )
+    max_identities_per_node_key: int = Field(
+        default=64, ge=1, le=100_000, description="machine:port identities one node key may hold"
+    )
     max_connections: int = Field(
         default=1024, ge=1, le=1_000_000, description="open client connections per replica"
     )

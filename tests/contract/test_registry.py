@@ -5,7 +5,11 @@ Runs on the embedded store and on a real redis-server (the ``store`` fixture).
 
 from __future__ import annotations
 
+import pytest
+
 from contract.fleet import Fleet, sleep_ms
+from llm_router.errors import Forbidden
+from llm_router.protocol import RegisterRequest
 from llm_router.state.scripts import Granted, Queued, Refused
 
 M = "llama-3-8b.gguf"
@@ -433,3 +437,28 @@ async def test_deregister_unknown_node(fleet: Fleet) -> None:
 
 async def test_drain_unknown_node(fleet: Fleet) -> None:
     assert await fleet.registry.drain("nope") is False
+
+
+async def test_a_node_key_holds_a_bounded_number_of_identities(fleet: Fleet) -> None:
+    def request(name: str) -> RegisterRequest:
+        return RegisterRequest.model_validate(
+            {"machine_name": name, "ip_address": "127.0.0.1", "runtime_port": 8000}
+        )
+
+    async def register(name: str, key_id: str = "key-a") -> str:
+        reg = await fleet.registry.register(
+            request(name), executable_models=[M], gpu_backend="cpu", key_id=key_id,
+            max_identities=2,
+        )  # fmt: skip
+        return reg.node_id
+
+    first = await register("one")
+    await register("two")
+    with pytest.raises(Forbidden):
+        await register("three")
+    await register("one")  # an identity the key holds may always register again
+    await register("three", key_id="key-b")  # another key has its own bound
+    await register("four", key_id="")  # admin keys are not bounded
+    assert await fleet.registry.deregister(first) == "ok"
+    await register("three")  # a removed identity frees its place
+    assert await fleet.redis.scard(fleet.keys.key_identities("key-a")) == 2

@@ -54,21 +54,36 @@ async def _fetch_node_models(fleet: Fleet, req: RegisterRequest) -> tuple[list[s
     return models, backend if isinstance(backend, str) else None
 
 
+def _bound_models(limit: int, **lists: list[str] | None) -> None:
+    """Refuse a node that advertises more models than one node may (400 naming the list)."""
+    for name, models in lists.items():
+        if models is not None and len(models) > limit:
+            raise InvalidRequest(
+                f"Invalid '{name}': a node may advertise at most {limit} models", param=name
+            )
+
+
 @post("/v0/nodes", status_code=201)
 async def register_node(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     fleet = fleet_of(request)
-    fleet.keyring.check(request.headers, Scope.NODE)
+    principal = fleet.keyring.check(request.headers, Scope.NODE)
     req = validate(RegisterRequest, await request.body())
+    limit = fleet.settings.max_models_per_node
+    _bound_models(limit, executable_models=req.executable_models, models=req.models)
     if fleet.settings.require_gpu and (req.gpu_available is False or not req.device_names()):
         raise Forbidden("This router only accepts nodes with a GPU (require_gpu is set)")
     reported_backend = None
     executable = req.executable_models
     if executable is None:
         executable, reported_backend = await _fetch_node_models(fleet, req)
+    _bound_models(limit, executable_models=executable)
     registration = await fleet.registry.register(
         req,
         executable_models=executable,
         gpu_backend=resolve_backend(req, reported_backend),
+        # Admin keys (and open scopes) are the operator's own: only node keys are bounded.
+        key_id=principal.key_id if principal and principal.scope is Scope.NODE else "",
+        max_identities=fleet.settings.max_identities_per_node_key,
     )
     return Response(
         {
@@ -89,6 +104,12 @@ async def heartbeat(request: Request[Any, Any, Any]) -> dict[str, Any]:
     if not token:
         raise AuthError("Missing X-Node-Token header", param="X-Node-Token")
     beat = validate(HeartbeatRequest, await request.body())
+    _bound_models(
+        fleet.settings.max_models_per_node,
+        executable_models=beat.executable_models,
+        models=beat.models,
+        loaded_models=beat.loaded_models,
+    )
     outcome = await fleet.registry.heartbeat(beat, token)
     if outcome == "not_found":
         raise NodeNotFound(f"Node '{beat.node_id}' is not registered; register again")

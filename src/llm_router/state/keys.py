@@ -41,6 +41,11 @@ class Keys:
         re-registrations and deletions until undrained."""
         return f"{self.base}nodes:drained"
 
+    def key_identities(self, key_id: str) -> str:
+        """set: ``machine_name:runtime_port`` identities registered with one node key (its
+        public id); bounded by ``max_identities_per_node_key``."""
+        return f"{self.base}nodekey:{key_id}:identities"
+
     def model_nodes(self, model: str) -> str:
         """zset: node id → liveness deadline, for nodes that can execute ``model``."""
         return f"{self.base}model:{model}:nodes"

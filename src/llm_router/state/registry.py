@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llm_router.errors import StateStoreUnavailable
+from llm_router.errors import Forbidden, StateStoreUnavailable
 from llm_router.gpu import GpuBackend, infer_gpu_backend
 from llm_router.protocol import HeartbeatRequest, NodeStatus, RegisterRequest
 from llm_router.state.keys import Keys
@@ -139,8 +139,14 @@ class NodeRegistry:
         *,
         executable_models: Sequence[str],
         gpu_backend: str | None,
+        key_id: str = "",
+        max_identities: int = 0,
     ) -> Registration:
-        """Store a node; ``executable_models`` and the backend are already resolved."""
+        """Store a node; ``executable_models`` and the backend are already resolved.
+
+        ``key_id`` names the node key registering (``""``: unbounded, for admin keys and
+        open scopes); it may hold at most ``max_identities`` identities at once.
+        """
         backend = gpu_backend or request.gpu_backend or infer_gpu_backend(request.device_names())
         installed = list(dict.fromkeys([*(request.models or []), *executable_models]))
         gpu_available = request.gpu_available
@@ -174,7 +180,14 @@ class NodeRegistry:
             executable_models=list(dict.fromkeys(executable_models)),
             models=installed,
             alive_ttl_ms=self._timing.alive_ttl_ms,
+            key_id=key_id,
+            max_identities=max_identities,
         )
+        if status == "too_many_identities":
+            raise Forbidden(
+                f"This node key already holds {node_id} node identities (the most it may); "
+                "remove one, or register with another key"
+            )
         return Registration(node_id=node_id, created=status == "registered", token=token)
 
     async def heartbeat(

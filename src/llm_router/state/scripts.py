@@ -142,7 +142,11 @@ class FleetScripts:
         executable_models: Sequence[str],
         models: Sequence[str],
         alive_ttl_ms: int,
+        key_id: str = "",
+        max_identities: int = 0,
     ) -> tuple[str, str]:
+        """("registered" | "updated", node id), or ("too_many_identities", how many the
+        key holds)."""
         status, node_id = await self._call(
             "register",
             candidate_id,
@@ -152,6 +156,8 @@ class FleetScripts:
             json.dumps(list(executable_models)),
             json.dumps(list(models)),
             alive_ttl_ms,
+            key_id,
+            max_identities,
         )
         return _text(status), _text(node_id)
 

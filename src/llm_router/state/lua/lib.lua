@@ -28,6 +28,7 @@ local function k_node(id) return BASE .. 'node:' .. id end
 local function k_alive() return BASE .. 'nodes:alive' end
 local function k_index() return BASE .. 'nodes:index' end
 local function k_drained() return BASE .. 'nodes:drained' end
+local function k_key_identities(key_id) return BASE .. 'nodekey:' .. key_id .. ':identities' end
 local function k_model_nodes(m) return BASE .. 'model:' .. m .. ':nodes' end
 local function k_model_load(m) return BASE .. 'model:' .. m .. ':load' end
 local function k_model_rr(m) return BASE .. 'model:' .. m .. ':rr' end
@@ -192,7 +193,10 @@ local function forget_node(id)
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms())
   local last = redis.call('ZRANGE', leases, -1, -1, 'WITHSCORES')[2]
   if last then redis.call('PEXPIREAT', leases, last) end
-  local f = redis.call('HMGET', key, 'machine_name', 'runtime_port')
+  local f = redis.call('HMGET', key, 'machine_name', 'runtime_port', 'key_id')
+  if f[1] and f[2] and f[3] and f[3] ~= '' then
+    redis.call('SREM', k_key_identities(f[3]), f[1] .. ':' .. f[2])
+  end
   for _, m in ipairs(node_models(id)) do
     redis.call('ZREM', k_model_nodes(m), id)
     redis.call('ZREM', k_model_load(m), id)

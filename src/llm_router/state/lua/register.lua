@@ -8,11 +8,29 @@
 -- ARGV[5]  JSON list of executable models
 -- ARGV[6]  JSON list of installed models
 -- ARGV[7]  liveness TTL (ms)
--- Returns {"registered"|"updated", node_id}
+-- ARGV[8]  public id of the node key registering, or "" (admin key, open scope: unbounded)
+-- ARGV[9]  most identities one node key may hold
+-- Returns {"registered"|"updated", node_id} | {"too_many_identities", held}
 
 local ident = ARGV[2]
+local key_id = ARGV[8] or ''
 local now = now_ms()
 local id = redis.call('HGET', k_index(), ident)
+-- One node key holds a bounded number of identities: a leaked key cannot inflate the fleet.
+if key_id ~= '' then
+  local held = k_key_identities(key_id)
+  if redis.call('SISMEMBER', held, ident) == 0 then
+    local count = redis.call('SCARD', held)
+    if count >= tonumber(ARGV[9]) then return {'too_many_identities', count} end
+    redis.call('SADD', held, ident)
+  end
+end
+if id then
+  local previous = redis.call('HGET', k_node(id), 'key_id')
+  if previous and previous ~= '' and previous ~= key_id then
+    redis.call('SREM', k_key_identities(previous), ident)
+  end
+end
 local status = 'updated'
 if not id then
   id = ARGV[1]
@@ -41,6 +59,8 @@ args[#args + 1] = 'id'
 args[#args + 1] = id
 args[#args + 1] = 'token_hash'
 args[#args + 1] = ARGV[3]
+args[#args + 1] = 'key_id'
+args[#args + 1] = key_id
 args[#args + 1] = 'last_seen'
 args[#args + 1] = now
 redis.call('HSET', k_node(id), unpack(args))
