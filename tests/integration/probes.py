@@ -114,3 +114,16 @@ def parse_event(event: TimedEvent) -> dict[str, Any] | None:
         return None
     parsed: dict[str, Any] = json.loads(event.data)
     return parsed
+
+
+def registration_body(machine: str, models: list[str], **extra: Any) -> dict[str, Any]:
+    """A registration of a node no agent stands behind (nothing is proxied to it)."""
+    return {
+        "machine_name": machine,
+        "ip_address": "127.0.0.1",
+        "runtime_port": 9000,
+        "node_api_port": 9,
+        "gpu_backend": "cpu",
+        "executable_models": models,
+        **extra,
+    }

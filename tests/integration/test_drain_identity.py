@@ -14,6 +14,7 @@ import pytest
 import redis as redis_client
 
 from integration.conftest import open_cluster
+from integration.probes import registration_body
 from integration.procs import Cluster, Router
 
 pytestmark = pytest.mark.redis
@@ -27,15 +28,7 @@ def fleet(redis_url: str) -> Iterator[tuple[Cluster, Router]]:
 
 
 def register(router: Router, machine: str, model: str) -> httpx.Response:
-    body = {
-        "machine_name": machine,
-        "ip_address": "127.0.0.1",
-        "runtime_port": 9000,
-        "node_api_port": 9,
-        "gpu_backend": "cpu",
-        "executable_models": [model],
-    }
-    return httpx.post(f"{router.url}/v0/nodes", json=body, timeout=5)
+    return httpx.post(f"{router.url}/v0/nodes", json=registration_body(machine, [model]), timeout=5)
 
 
 def record(router: Router, node_id: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from integration.conftest import open_cluster
+from integration.probes import registration_body
 from integration.procs import Router
 
 pytestmark = pytest.mark.redis
@@ -36,15 +37,7 @@ def replicas(redis_url: str) -> Iterator[list[Router]]:
 
 
 def register(router: Router, machine: str, models: list[str], **extra: Any) -> httpx.Response:
-    body = {
-        "machine_name": machine,
-        "ip_address": "127.0.0.1",
-        "runtime_port": 9000,
-        "node_api_port": 9,
-        "gpu_backend": "cpu",
-        "executable_models": models,
-        **extra,
-    }
+    body = registration_body(machine, models, **extra)
     return httpx.post(f"{router.url}/v0/nodes", json=body, headers=NODE, timeout=5)
 
 
