@@ -15,6 +15,7 @@ from typing import Any
 from llm_router.errors import RouterError
 from llm_router.observability.access_log import AccessLog
 from llm_router.observability.decisions import DecisionLog
+from llm_router.observability.metrics import OTHER
 from llm_router.observability.router_metrics import RouterMetrics
 
 #: Reported when the client went away before an answer (nginx's convention).
@@ -116,7 +117,9 @@ class Observer:
         m = self.metrics
         now = perf_counter()
         total_s = now - trace.started
-        model = m.model_label(trace.model)
+        # A model the fleet does not know takes no label slot: junk names sent by one client
+        # must not push the fleet's real models into "other".
+        model = OTHER if outcome == "model_not_found" else m.model_label(trace.model)
         node = m.node_label(trace.node) if trace.node else "none"
         if outcome is None:
             if broken:
