@@ -149,7 +149,8 @@ async def test_requests_are_counted_by_model_node_and_status(rig: Rig) -> None:
 
     m = await scrape(c)
     assert value(m, "llm_router_requests_total", model="m1", node=rig.node_id, status="200") == 4
-    assert value(m, "llm_router_requests_total", model="nope", node="none", status="404") == 1
+    # A model the fleet does not know is counted under "other", taking no label of its own.
+    assert value(m, "llm_router_requests_total", model="other", node="none", status="404") == 1
     assert value(m, "llm_router_requests_total", model="installed-only", status="503") == 1
     assert value(m, "llm_router_routing_decisions_total", reason="routed") == 4
     assert value(m, "llm_router_routing_decisions_total", reason="model_not_found") == 1
