@@ -96,7 +96,6 @@ class LimitedHttpTools(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        self._head_bytes = 0
         if self._deadline is None:
             self._arm(self.limits.header_timeout_s)
 
@@ -107,6 +106,8 @@ class LimitedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        # The next request's count starts with the read after the one that ends this one.
+        self._head_bytes = 0
         super().on_message_complete()
 
     # --- deadlines ----------------------------------------------------------------------

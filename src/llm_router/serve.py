@@ -53,6 +53,8 @@ def serve(settings: RouterSettings) -> int:
     elif settings.auth_disabled:
         log.warning("AUTHENTICATION IS DISABLED: any client may register nodes and administer")
     app = create_app(settings)
+    # The description never carries a credential (see state.connect.redact_url).
+    log.info("state store: %s", app.state.fleet.store.description)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -56,13 +56,14 @@ def test_readyz_never_shows_a_store_credential(
     user, password = acl_user
     url = _credential_urls(redis_url, user, password)[form]
     with open_cluster(url) as cluster:
-        (router,) = cluster.up()
+        (router,) = cluster.up(log_level="info")
         ready = httpx.get(f"{router.url}/readyz", timeout=5)
         assert ready.status_code == 200, ready.text
         assert password not in ready.text
         assert user not in ready.text
         assert "127.0.0.1" in ready.json()["store"]
         log = router.proc.log_path.read_text(errors="replace")
+        assert f"state store: {ready.json()['store']}" in log  # the start-up banner
         assert password not in log
 
 
