@@ -244,11 +244,12 @@ class NodeRegistry:
         return await self._scripts.prune(forget_ms=self._timing.forget_ms)
 
     async def list_models(self) -> list[ModelEntry]:
-        """The fleet's models, from this replica's copy while the fleet's stamp says it is
-        current: one O(1) script call, however many nodes and models the fleet holds."""
-        stamp, now_ms = await self._scripts.models_stamp()
+        """The fleet's models, from this replica's copy while it is current (the fleet's
+        stamp has not moved and no node went offline since it was made): one O(log n)
+        script call, however many nodes and models the fleet holds."""
         seen = self._models
-        if seen is not None and seen.stamp == stamp and now_ms <= seen.valid_until_ms:
+        stamp, lapsed = await self._scripts.models_stamp(seen.made_ms if seen else 0)
+        if seen is not None and seen.stamp == stamp and lapsed == 0:
             return seen.entries
         async with self._models_refresh:
             if self._models is not seen and self._models is not None:

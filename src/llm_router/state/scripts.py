@@ -102,10 +102,10 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class ModelList:
-    """The fleet's models as of ``stamp``, right until the Redis clock passes ``valid_until_ms``."""
+    """The fleet's models under ``stamp``, made at ``made_ms`` (Redis clock)."""
 
     stamp: str
-    valid_until_ms: int
+    made_ms: int
     entries: list[ModelEntry]
 
 
@@ -212,12 +212,12 @@ class FleetScripts:
                     backends=backends if isinstance(backends, list) else [],
                 )
             )
-        return ModelList(_text(flat[0]), int(float(_text(flat[1]))), entries)
+        return ModelList(_text(flat[0]), int(flat[1]), entries)
 
-    async def models_stamp(self) -> tuple[str, int]:
-        """The models stamp and the Redis clock (ms), in one cheap call."""
-        stamp, now_ms = await self._call("models_stamp")
-        return _text(stamp), int(now_ms)
+    async def models_stamp(self, since_ms: int) -> tuple[str, int]:
+        """The models stamp, and how many nodes went offline since ``since_ms``."""
+        stamp, lapsed = await self._call("models_stamp", since_ms)
+        return _text(stamp), int(lapsed)
 
     async def acquire(
         self,

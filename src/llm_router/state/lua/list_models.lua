@@ -2,15 +2,13 @@
 --
 -- KEYS[1]  fleet base
 -- ARGV[1]  forget-after (ms): models advertised longer ago are not even considered
--- Returns a flat list: stamp, valid until (ms), then model, created (s), live node count,
--- JSON list of backends, ... The stamp is models:version as this list saw it; the list
--- stays right until the stamp moves or the Redis clock passes "valid until" (the earliest
--- liveness deadline of any live node: the first moment one of them may drop out).
+-- Returns a flat list: stamp, now (ms), then model, created (s), live node count, JSON
+-- list of backends, ... The stamp is models:version as this list saw it; the list stays
+-- right while the stamp does not move and no node's liveness deadline passes (see
+-- models_stamp.lua).
 
 local now = now_ms()
-local soonest = redis.call('ZRANGE', k_alive(), now, '+inf', 'BYSCORE', 'LIMIT', 0, 1,
-  'WITHSCORES')[2]
-local out = {redis.call('GET', k_models_version()) or '0', soonest or (now + 3600000)}
+local out = {redis.call('GET', k_models_version()) or '0', now}
 local models = redis.call('ZRANGE', k_known(), now - tonumber(ARGV[1]), '+inf', 'BYSCORE')
 table.sort(models)
 for _, m in ipairs(models) do
