@@ -70,6 +70,21 @@ def test_a_drain_survives_re_registration_and_deletion(fleet: tuple[Cluster, Rou
     assert record(router, new_id)["status"] == "online"
 
 
+def test_the_admin_api_drains_an_identity_with_no_record(fleet: tuple[Cluster, Router]) -> None:
+    _, router = fleet
+    drained = httpx.post(f"{router.url}/v0/nodes/later:9000/drain", timeout=5)
+    assert drained.status_code == 200, drained.text
+    assert drained.json() == {"identity": "later:9000", "status": "draining"}
+    joined = register(router, "later", "m-later")
+    assert record(router, joined.json()["node_id"])["status"] == "draining"
+    httpx.delete(f"{router.url}/v0/nodes/{joined.json()['node_id']}", timeout=5)
+    undrained = httpx.post(f"{router.url}/v0/nodes/later:9000/undrain", timeout=5)
+    assert undrained.status_code == 200, undrained.text
+    assert httpx.post(f"{router.url}/v0/nodes/later:9000/undrain", timeout=5).status_code == 404
+    back = register(router, "later", "m-later")
+    assert record(router, back.json()["node_id"])["status"] == "online"
+
+
 def test_re_registration_still_clears_exclusions(fleet: tuple[Cluster, Router]) -> None:
     cluster, router = fleet
     first = register(router, "flaky", "m-excl")

@@ -162,9 +162,14 @@ async def _set_drain(
 ) -> dict[str, Any]:
     fleet = fleet_of(request)
     fleet.keyring.check(request.headers, Scope.ADMIN)
-    if not await fleet.registry.drain(_node_id(node_id), draining=draining):
-        raise NodeNotFound(f"Node '{node_id}' not found")
-    return {"node_id": node_id, "status": "draining" if draining else "online"}
+    status = "draining" if draining else "online"
+    if await fleet.registry.drain(_node_id(node_id), draining=draining):
+        return {"node_id": node_id, "status": status}
+    # A drain is kept per identity: "machine_name:runtime_port" names one with no record now
+    # (before it registers, or after it was removed).
+    if ":" in node_id and await fleet.registry.drain_identity(node_id, draining=draining):
+        return {"identity": node_id, "status": status}
+    raise NodeNotFound(f"Node '{node_id}' not found")
 
 
 @post("/v0/nodes/{node_id:str}/drain", status_code=200)
