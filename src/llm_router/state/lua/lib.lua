@@ -42,8 +42,8 @@ local function k_excluded(id) return BASE .. 'excluded:' .. id end
 local function k_events() return BASE .. 'events:capacity' end
 
 -- /v1/models is cached on each replica under this stamp: every change to which live
--- node executes which model moves it (a node's going offline by itself does not; the
--- cached list carries the earliest liveness deadline for that).
+-- node executes which model moves it. A node's going offline by itself does not (no
+-- script runs then): models_stamp.lua counts the nodes that lapsed instead.
 local function models_changed()
   redis.call('INCR', k_models_version())
 end
