@@ -8,12 +8,17 @@
 -- ARGV[5]  queue_max: a fresh arrival that finds no slot is queued unless this many wait
 -- ARGV[6]  ticket TTL (ms): a ticket its waiter stops renewing dies after this
 -- ARGV[7]  forget-after (ms): how long a model stays "known" after its last advertisement
+-- ARGV[8]  endpoint family, or "": nodes that recently declined it (404/405/501) are skipped
+-- ARGV[9]  stored response id, or "": the request must go to the node that created it, and
+--          only there (a hard constraint, not a preference)
 -- Returns
 --   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency}
 --   {"queued", position, arrival_us}   ticket ARGV[4] is (now) in the queue
 --   {"queue_full", length}
 --   {"no_capable"}                     known model, no node that could take it at all
 --   {"not_found"}                      no node advertised the model within forget-after
+--   {"unsupported"}                    every capable node declined this endpoint family
+--   {"response_gone"}                  ARGV[9] is unknown, or its node is no longer alive
 --
 -- FIFO: while anyone is queued for the model, only the head of the queue may take a slot;
 -- fresh arrivals join the back. Dead tickets (waiter's replica gone) are pruned first so
@@ -21,8 +26,31 @@
 
 local model, lease_id, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ticket, queue_max, ticket_ttl = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local family, response_id = ARGV[8] or '', ARGV[9] or ''
 local now = now_ms()
 local qkey, qalive = k_queue(model), k_queue_alive(model)
+
+local function leave_queue(queued)
+  if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
+    redis.call('ZREM', qalive, ticket)
+    -- The next in line may find a slot too (or have to give up); let its replica look.
+    if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
+  end
+end
+
+local pinned = nil
+if response_id ~= '' then
+  pinned = redis.call('HGET', k_response(response_id), 'node')
+  if not pinned or tonumber(redis.call('ZSCORE', k_alive(), pinned) or '0') <= now then
+    leave_queue(redis.call('ZCARD', qkey))
+    return {'response_gone'}
+  end
+end
+
+local function refuses(id)
+  if family == '' then return false end
+  return tonumber(redis.call('ZSCORE', k_unsupported(id), family) or '0') > now
+end
 
 local function prune_dead_tickets()
   local dead = redis.call('ZRANGE', qalive, '-inf', now, 'BYSCORE')
@@ -48,14 +76,47 @@ end
 -- (lazy repair; the next heartbeat re-adds it once eligible) and a stale score is
 -- rewritten; either way the loop looks again. The common case is one pass.
 local load_key = k_model_load(model)
-local any_capable = false
+local any_capable, any_refusing = false, false
+
+local function grant(pick, f, inflight)
+  redis.call('ZADD', k_leases(pick), now + lease_ttl, lease_id)
+  inflight = inflight + 1
+  local new_score, maxc = score_of(f, inflight)
+  update_scores_for(decode_list(f[6]), pick, new_score)
+  leave_queue(queued)
+  return {'ok', pick, f[7], f[8], inflight, maxc}
+end
+
+-- A stored response lives on one node: that node or nothing (its liveness was checked
+-- above; draining does not stop it answering for what it already holds).
+if pinned then
+  if my_turn then
+    local f = routing_fields(pinned)
+    local inflight = in_flight(pinned, now)
+    local _, maxc = score_of(f, inflight)
+    if inflight < maxc then return grant(pinned, f, inflight) end
+  end
+  my_turn, any_capable = false, true
+end
+
 local passes = 0
+local skipped, nskipped = {}, 0
 while my_turn and passes < 16 do
   passes = passes + 1
-  -- The best few entries in one read; those sharing the best stored score form the
-  -- rotation pool.
-  local head = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, 8,
-    'WITHSCORES')
+  -- The best few entries in one read, minus nodes that declined this endpoint family;
+  -- those sharing the best stored score form the rotation pool.
+  local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0,
+    8 + nskipped, 'WITHSCORES')
+  local head = {}
+  for i = 1, #raw, 2 do
+    local id = raw[i]
+    if not skipped[id] and refuses(id) then skipped[id], nskipped = true, nskipped + 1 end
+    if not skipped[id] then
+      head[#head + 1] = id
+      head[#head + 1] = raw[i + 1]
+    end
+  end
+  if nskipped > 0 then any_refusing = true end
   if #head == 0 then break end
   local top = tonumber(head[2])
   local pick = head[1]
@@ -77,18 +138,7 @@ while my_turn and passes < 16 do
     local inflight = in_flight(pick, now)
     local score = score_of(f, inflight)
     local models = decode_list(f[6])
-    if score < FULL and score <= top then
-      redis.call('ZADD', k_leases(pick), now + lease_ttl, lease_id)
-      inflight = inflight + 1
-      local new_score, maxc = score_of(f, inflight)
-      update_scores_for(models, pick, new_score)
-      if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
-        redis.call('ZREM', qalive, ticket)
-        -- The next in line may find a slot too; let its replica look.
-        if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
-      end
-      return {'ok', pick, f[7], f[8], inflight, maxc}
-    end
+    if score < FULL and score <= top then return grant(pick, f, inflight) end
     if score == top then break end  -- accurate and full: every node is full
     update_scores_for(models, pick, score)
   end
@@ -106,10 +156,8 @@ if not my_turn or any_capable then
 end
 
 -- Nobody can take it. A waiter whose last capable node vanished leaves the queue too.
-if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
-  redis.call('ZREM', qalive, ticket)
-  if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
-end
+leave_queue(queued)
+if any_refusing then return {'unsupported'} end
 local known = redis.call('ZSCORE', k_known(), model)
 if known and tonumber(known) >= now - tonumber(ARGV[7]) then return {'no_capable'} end
 return {'not_found'}
