@@ -15,7 +15,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from litestar import asgi
+from litestar import Request, Response, asgi, route
+from litestar.enums import HttpMethod
+from litestar.response import Stream
 from litestar.types import Message, Receive, Scope, Send
 
 from llm_router.api.request_model import target_of
@@ -23,7 +25,7 @@ from llm_router.auth import Scope as AuthScope
 from llm_router.errors import BodyTooLarge, ClientClosedRequest, MethodNotAllowed
 from llm_router.node.asgi import BodyTooLarge as BodyOverLimit
 from llm_router.node.asgi import ClientGone, read_body
-from llm_router.routing.endpoints import Endpoint, routes
+from llm_router.routing.endpoints import Endpoint, ModelFrom, routes
 from llm_router.routing.proxy import Call, ProxyReply
 from llm_router.security.guard import Guard
 
@@ -131,55 +133,96 @@ def _path_id(endpoint: Endpoint, path: str) -> str:
     return found["id"] if found and "id" in found.groupdict() else ""
 
 
-def _proxied_route(path: str, rows: tuple[Endpoint, ...]) -> Any:
-    """The raw ASGI handler of one path (pattern): every method the table lists on it."""
-    by_method = {row.method: row for row in rows}
-    allowed = ", ".join(sorted(by_method))
+async def _proxy(row: Endpoint, scope: Scope, receive: Receive) -> ProxyReply | None:
+    """Authenticate, find the model, forward; None when the client left meanwhile."""
+    fleet: Fleet = scope["litestar_app"].state.fleet
+    guard: Guard = scope["litestar_app"].state.guard
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    await guard.admit(fleet.keyring.check(headers, AuthScope.API))
+    body = await _read_body(receive, fleet.settings.max_body_bytes)
+    target = await target_of(
+        row,
+        body,
+        headers.get("content-type", ""),
+        _path_id(row, scope["path"]),
+        fleet.model_of_response,
+    )
+    query = scope.get("query_string", b"")
+    call = Call(
+        endpoint=row,
+        target=scope["path"] + ("?" + query.decode("latin-1") if query else ""),
+        model=target.model,
+        body=body,
+        headers=headers,
+        request_id=request_id_of(headers),
+        response_id=target.response_id,
+    )
+    stop_watching = _cancel_current_task_when(receive, after_s=DISCONNECT_WATCH_AFTER_S)
+    try:
+        return await fleet.proxy.forward(call, client_gone=lambda: _client_left(receive))
+    except asyncio.CancelledError:
+        if _absorb_our_cancellation(stop_watching):
+            # The proxy freed the lease and closed the upstream connection on its way out;
+            # nobody is left to answer.
+            return None
+        raise
+    finally:
+        stop_watching()
+
+
+def _handler_name(path: str) -> str:
+    return "proxied" + re.sub(r"[^a-z0-9]+", "_", path)
+
+
+def _raw_route(path: str, row: Endpoint) -> Any:
+    """A raw ASGI handler: the hot path, for every path without a parameter."""
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]  # type: ignore[typeddict-item]  # HTTP only here
-        row = by_method.get(method)
-        if row is None:
-            raise MethodNotAllowed(f"{path} takes {allowed}, not {method}")
-        fleet: Fleet = scope["litestar_app"].state.fleet
-        guard: Guard = scope["litestar_app"].state.guard
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        await guard.admit(fleet.keyring.check(headers, AuthScope.API))
-        body = await _read_body(receive, fleet.settings.max_body_bytes)
-        target = await target_of(
-            row,
-            body,
-            headers.get("content-type", ""),
-            _path_id(row, scope["path"]),
-            fleet.model_of_response,
+        if method != row.method:
+            raise MethodNotAllowed(f"{path} takes {row.method}, not {method}")
+        reply = await _proxy(row, scope, receive)
+        if reply is not None:
+            await _send_reply(reply, receive, send)
+
+    endpoint.__name__ = _handler_name(path)
+    return asgi(path, name=endpoint.__name__, copy_scope=False, include_in_schema=False)(endpoint)
+
+
+def _by_id_route(path: str, rows: tuple[Endpoint, ...]) -> Any:
+    """A Litestar route for a path naming a stored response. Litestar cannot hand path
+    parameters to raw ASGI handlers; these requests are rare enough to pay for a Request."""
+    by_method = {row.method: row for row in rows}
+
+    async def endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
+        reply = await _proxy(by_method[request.method], request.scope, request.receive)
+        if reply is None:
+            return Response(b"", status_code=ClientClosedRequest.status_code)
+        headers = dict(reply.headers)
+        media_type = headers.pop("content-type", headers.pop("Content-Type", None))
+        if reply.chunks is None:
+            return Response(
+                reply.body, status_code=reply.status, headers=headers, media_type=media_type
+            )
+        return Stream(
+            reply.chunks, status_code=reply.status, headers=headers, media_type=media_type
         )
-        query = scope.get("query_string", b"")
-        call = Call(
-            endpoint=row,
-            target=scope["path"] + ("?" + query.decode("latin-1") if query else ""),
-            model=target.model,
-            body=body,
-            headers=headers,
-            request_id=request_id_of(headers),
-            response_id=target.response_id,
-        )
-        stop_watching = _cancel_current_task_when(receive, after_s=DISCONNECT_WATCH_AFTER_S)
-        try:
-            reply = await fleet.proxy.forward(call, client_gone=lambda: _client_left(receive))
-        except asyncio.CancelledError:
-            if _absorb_our_cancellation(stop_watching):
-                # The proxy freed the lease and closed the upstream connection on its way
-                # out; nobody is left to answer.
-                return
-            raise
-        finally:
-            stop_watching()
-        await _send_reply(reply, receive, send)
 
-    name = "proxied" + re.sub(r"[^a-z0-9]+", "_", path)
-    endpoint.__name__ = name
-    litestar_path = path.replace("{response_id}", "{response_id:str}")
-    return asgi(litestar_path, name=name, copy_scope=False, include_in_schema=False)(endpoint)
+    endpoint.__name__ = _handler_name(path)
+    return route(
+        path.replace("{response_id}", "{response_id:str}"),
+        http_method=[HttpMethod(m) for m in by_method],
+        status_code=200,  # the node decides; a DELETE is not a 204 unless it says so
+        name=endpoint.__name__,
+        include_in_schema=False,
+    )(endpoint)
 
 
-HANDLERS = [_proxied_route(path, rows) for path, rows in routes().items()]
+def _handler(path: str, rows: tuple[Endpoint, ...]) -> Any:
+    if rows[0].model_from is ModelFrom.RESPONSE_ID:
+        return _by_id_route(path, rows)
+    [row] = rows
+    return _raw_route(path, row)
+
+
+HANDLERS = [_handler(path, rows) for path, rows in routes().items()]
