@@ -104,6 +104,8 @@ class Fleet:
         queue_max: int = 64,
         ticket_ttl_ms: int = 30_000,
         forget_ms: int | None = None,
+        family: str = "",
+        response_id: str = "",
     ) -> AcquireResult:
         return await self.scripts.acquire(
             model=model,
@@ -113,6 +115,8 @@ class Fleet:
             queue_max=queue_max,
             ticket_ttl_ms=ticket_ttl_ms,
             forget_ms=forget_ms if forget_ms is not None else self.config.forget_ms,
+            family=family,
+            response_id=response_id,
         )
 
     async def lease(self, model: str, *, lease_ttl_ms: int = 30_000, **kw: Any) -> Lease:
