@@ -4,6 +4,7 @@ response ids in answers, and errors in each dialect."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from llm_router.routing.endpoints import (
     Endpoint,
     ModelFrom,
     dialect_of,
+    markdown_table,
     match,
 )
 from llm_router.routing.proxy import declines_endpoint, stream_error_event
@@ -193,3 +195,8 @@ def test_stream_errors_and_router_errors_in_each_dialect() -> None:
         "error": {"type": "not_found_error", "message": "No response found with id 'r'"},
     }
     assert error.body()["error"]["code"] == "response_not_found"
+
+
+def test_the_endpoints_page_shows_the_table() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "endpoints.md").read_text()
+    assert markdown_table() in page, "docs/endpoints.md is out of date: paste markdown_table()"

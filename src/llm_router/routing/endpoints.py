@@ -168,3 +168,29 @@ def dialect_of(path: str) -> Dialect:
         if path == prefix or path.startswith(prefix + "/"):
             return dialect
     return Dialect.OPENAI
+
+
+_MODEL_FROM_DOC = {
+    ModelFrom.JSON: "JSON body `model`",
+    ModelFrom.FORM: "form field `model` (multipart)",
+    ModelFrom.RESPONSE_ID: "the stored response named in the path",
+}
+
+
+def markdown_table() -> str:
+    """The endpoint table as ``docs/endpoints.md`` shows it (a test keeps the two equal)."""
+    lines = [
+        "| method | path | model from | dialect | family | also |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in ENDPOINTS:
+        also = [
+            *(["`previous_response_id` goes to its node"] if e.follows_previous else []),
+            *(["records the id of the response created"] if e.records_response else []),
+            *([f"takes {', '.join(e.content_types)}"] if e.model_from is ModelFrom.FORM else []),
+        ]
+        lines.append(
+            f"| `{e.method}` | `{e.path}` | {_MODEL_FROM_DOC[e.model_from]} | {e.dialect} "
+            f"| {e.family} | {'; '.join(also) or '—'} |"
+        )
+    return "\n".join(lines) + "\n"
