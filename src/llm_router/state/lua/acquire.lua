@@ -103,20 +103,17 @@ local passes = 0
 local skipped, nskipped = {}, 0
 while my_turn and passes < 16 do
   passes = passes + 1
-  -- The best few entries in one read, minus nodes that declined this endpoint family;
-  -- those sharing the best stored score form the rotation pool.
+  -- The best few entries in one read, minus the nodes already looked past; those sharing
+  -- the best stored score form the rotation pool.
   local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0,
     8 + nskipped, 'WITHSCORES')
   local head = {}
   for i = 1, #raw, 2 do
-    local id = raw[i]
-    if not skipped[id] and refuses(id) then skipped[id], nskipped = true, nskipped + 1 end
-    if not skipped[id] then
-      head[#head + 1] = id
+    if not skipped[raw[i]] then
+      head[#head + 1] = raw[i]
       head[#head + 1] = raw[i + 1]
     end
   end
-  if nskipped > 0 then any_refusing = true end
   if #head == 0 then break end
   local top = tonumber(head[2])
   local pick = head[1]
@@ -133,6 +130,10 @@ while my_turn and passes < 16 do
   local cooling = tonumber(redis.call('ZSCORE', k_excluded(pick), model) or '0')
   if alive_until <= now or f[1] == '1' or f[2] == '1' or cooling > now then
     redis.call('ZREM', load_key, pick)
+  elseif refuses(pick) then
+    -- It declined this endpoint family lately: look past it, but leave the index alone
+    -- (its other endpoints still route here).
+    skipped[pick], nskipped, any_refusing = true, nskipped + 1, true
   else
     any_capable = true
     local inflight = in_flight(pick, now)
