@@ -263,9 +263,10 @@ class Proxy:
                 exclude=True,
                 cooldown_ms=min(_BUSY_COOLDOWN_MS, self._config.exclusion_cooldown_ms),
             )
-        if status in _DECLINED and not call.response_id:
+        if status in _DECLINED:
             content = await self._safe_read(upstream)
-            if declines_endpoint(status, content):
+            # A stored response has no other node to try: its node's answer is final.
+            if not call.response_id and declines_endpoint(status, content):
                 raise _AttemptFailed(
                     _NodeAnswer(
                         (status, content, response_headers),
