@@ -9,6 +9,7 @@ The fleet (one per module):
                   --embeddings does
     full          SHARED (every endpoint)
     flaky         FLAKY: dies in the middle of every stream
+    nostore       NO_STORE: creates responses but answers 501 to retrieving one
     lonely        LONELY: killed by the vanished-node test (last in the file)
 """
 
@@ -31,6 +32,7 @@ MODEL = "sim/every-endpoint"
 CHAT_ONLY = "sim/chat-only"
 SHARED = "sim/shared"
 FLAKY = "sim/flaky"
+NO_STORE = "sim/no-store"
 LONELY = "sim/lonely"
 API_KEY = "sk-endpoints-test"
 
@@ -47,6 +49,9 @@ class Fleet:
         cluster.start_node([CHAT_ONLY, SHARED], machine_name="plain", refuse_families="embeddings")
         cluster.start_node([SHARED], machine_name="full")
         cluster.start_node([FLAKY], machine_name="flaky", fail_mode="midstream")
+        cluster.start_node(
+            [NO_STORE], machine_name="nostore", refuse_families="GET /v1/responses/{response_id}"
+        )
         self.lonely = cluster.start_node([LONELY], machine_name="lonely")
         self.ids = cluster.wait_all()
         self.names = {node_id: name for name, node_id in self.ids.items()}
@@ -305,6 +310,21 @@ async def test_declined_endpoint_fails_over_and_the_model_stays_on_both_nodes(
 
     served = Counter(await asyncio.gather(*(chat() for _ in range(12))))
     assert set(served) == {"plain", "full"}, served
+
+
+async def test_a_stored_responses_node_declining_is_final_and_excludes_nothing(
+    fleet: Fleet, sdk: SdkClients
+) -> None:
+    created = await sdk(fleet.r1).responses.create(model=NO_STORE, input="hi")
+    async with httpx.AsyncClient(base_url=fleet.r2.url) as http:
+        for _ in range(2):  # asked each time: no other node could answer for it
+            got = await http.get(f"/v1/responses/{created.id}")
+            assert got.status_code == 501, got.text
+            assert fleet.node_of(got.headers) == "nostore"
+    chat = await sdk(fleet.r1).chat.completions.with_raw_response.create(
+        model=NO_STORE, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert fleet.node_of(chat.headers) == "nostore"
 
 
 # -- a vanished node (keep last: it kills a node) -----------------------------------------

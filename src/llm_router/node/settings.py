@@ -162,7 +162,8 @@ class SimNodeSettings(AgentSettings):
         max_length=200,
         description="comma-separated endpoint families answered 501, as by a runtime built "
         "without them (chat, completions, embeddings, responses, messages, rerank, audio, "
-        "speech, images)",
+        "speech, images), or single endpoints as 'METHOD /path' (e.g. 'GET "
+        "/v1/responses/{response_id}')",
     )
 
     @field_validator("models", mode="before")

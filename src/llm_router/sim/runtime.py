@@ -64,7 +64,7 @@ class SimConfig:
     fail_mode: FailMode = FailMode.NONE
     fail_rate: float = 1.0
     fail_after_n: int = 0
-    #: Endpoint families answered 501 ("not implemented here").
+    #: Endpoint families (or single "METHOD /path" rows) answered 501 ("not implemented").
     refuse_families: frozenset[str] = frozenset()
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -203,7 +203,8 @@ class SimRuntime:
                 await send_error(send, 404, "File Not Found", "not_found_error", None)
             return
         endpoint, path_id = found
-        if endpoint.family in self.config.refuse_families:
+        refused = self.config.refuse_families
+        if endpoint.family in refused or f"{endpoint.method} {endpoint.path}" in refused:
             await send_error(
                 send,
                 501,
