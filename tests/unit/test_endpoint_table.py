@@ -19,6 +19,7 @@ from llm_router.routing.endpoints import (
     dialect_of,
     markdown_table,
     match,
+    serves,
 )
 from llm_router.routing.proxy import declines_endpoint, stream_error_event
 from llm_router.routing.response_ids import StreamIdFinder, id_of_object
@@ -72,6 +73,8 @@ def test_match_finds_the_row_and_the_id() -> None:
     )
     assert match("PUT", "/v1/responses/resp_abc") is None
     assert match("POST", "/v1/nothing") is None
+    assert serves("/v1/responses/resp_abc") and serves("/rerank")
+    assert not serves("/v1/nothing") and not serves("/v1/responses/a/b")
 
 
 def test_dialect_follows_the_path_even_off_the_table() -> None:

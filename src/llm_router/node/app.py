@@ -38,7 +38,7 @@ from llm_router.node.asgi import (
     send_json,
 )
 from llm_router.node.state import NodeState
-from llm_router.routing.endpoints import ENDPOINTS, Endpoint, ModelFrom, match, routes
+from llm_router.routing.endpoints import Endpoint, ModelFrom, match, routes, serves
 
 log = logging.getLogger("llm_router.node")
 
@@ -304,7 +304,7 @@ class NodeAPI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if any(e.pattern.match(path) for e in ENDPOINTS):
+            if serves(path):
                 await self.proxy(scope, receive, send)
                 return
             if path.startswith("/v1/models/") and scope["method"] == "GET":

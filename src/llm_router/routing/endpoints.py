@@ -154,6 +154,15 @@ def match(method: str, path: str) -> tuple[Endpoint, str] | None:
     return None
 
 
+_STATIC_PATHS = frozenset(path for _method, path in _EXACT)
+
+
+def serves(path: str) -> bool:
+    """Whether ``path`` is a proxied endpoint's path, for some method (a set lookup for
+    every path without an id)."""
+    return path in _STATIC_PATHS or any(e.pattern.match(path) for e in _PATTERNED)
+
+
 def routes() -> dict[str, tuple[Endpoint, ...]]:
     """Each distinct path (pattern) with the endpoints (one per method) served on it."""
     grouped: dict[str, list[Endpoint]] = {}

@@ -40,7 +40,7 @@ from llm_router.node.asgi import (
     send_json,
 )
 from llm_router.node.settings import FailMode
-from llm_router.routing.endpoints import ENDPOINTS, Endpoint, match
+from llm_router.routing.endpoints import Endpoint, match, serves
 from llm_router.sim import replies
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -197,7 +197,7 @@ class SimRuntime:
         path, method = scope["path"], scope["method"]
         found = match(method, path)
         if found is None:
-            if any(e.pattern.match(path) for e in ENDPOINTS):
+            if serves(path):
                 await send_error(send, 405, f"{method} not allowed", "invalid_request_error", None)
             else:
                 await send_error(send, 404, "File Not Found", "not_found_error", None)
