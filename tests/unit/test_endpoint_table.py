@@ -77,6 +77,15 @@ def test_match_finds_the_row_and_the_id() -> None:
     assert not serves("/v1/nothing") and not serves("/v1/responses/a/b")
 
 
+def test_what_a_node_may_answer_with() -> None:
+    chat, speech = endpoint("POST", "/v1/chat/completions"), endpoint("POST", "/v1/audio/speech")
+    assert chat.may_answer(200, "application/json") and chat.may_answer(200, "text/event-stream")
+    assert not chat.may_answer(200, "text/html")
+    assert speech.may_answer(200, "audio/mpeg") and not chat.may_answer(200, "audio/mpeg")
+    assert chat.may_answer(204, "application/octet-stream")  # nothing to look at
+    assert chat.may_answer(404, "text/html")  # an error passes through as the node sent it
+
+
 def test_dialect_follows_the_path_even_off_the_table() -> None:
     assert dialect_of("/v1/messages") is Dialect.ANTHROPIC
     assert dialect_of("/v1/messages/count_tokens") is Dialect.ANTHROPIC

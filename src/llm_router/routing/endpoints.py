@@ -59,8 +59,11 @@ class Endpoint:
         regex = re.sub(r"\\\{[a-z_]+\\\}", "(?P<id>[^/]+)", re.escape(self.path))
         object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
 
-    def answers_with(self, content_type: str) -> bool:
-        """Whether a node's answer of this media type may reach the client."""
+    def may_answer(self, status: int, content_type: str) -> bool:
+        """Whether a node's answer may reach the client: a success of a media type the
+        endpoint gives, an empty 204, or an error (its body is the node's to shape)."""
+        if not 200 <= status < 300 or status == 204:
+            return True
         return any(content_type == t or (t.endswith("/") and content_type.startswith(t))
                    for t in self.answers)  # fmt: skip
 

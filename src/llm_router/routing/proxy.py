@@ -280,7 +280,7 @@ class Proxy:
         if status >= 500:
             upstream.release()
             raise self._fail(UpstreamError(f"node {lease.node_id} answered {status}"))
-        if status < 300 and not call.endpoint.answers_with(upstream.content_type):
+        if not call.endpoint.may_answer(status, upstream.content_type):
             upstream.release()
             raise _AttemptFailed(
                 UpstreamError(
