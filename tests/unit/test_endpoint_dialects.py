@@ -105,6 +105,19 @@ async def test_router_answers_in_the_endpoint_dialect(
     assert_dialect(response.json(), dialect, kind)
 
 
+async def test_ambiguous_credentials_are_refused_in_the_dialect(
+    client: AsyncTestClient[Any],
+) -> None:
+    headers = {**BEARER, "x-api-key": "another-key"}
+    body = {"model": "m", "max_tokens": 1, "messages": []}
+    anthropic = await client.post("/v1/messages", json=body, headers=headers)
+    assert anthropic.status_code == 400
+    assert_dialect(anthropic.json(), Dialect.ANTHROPIC, "invalid_request_error")
+    openai = await client.post("/v1/responses", json=body, headers=headers)
+    assert openai.status_code == 400
+    assert_dialect(openai.json(), Dialect.OPENAI, "invalid_request_error")
+
+
 async def test_openapi_documents_every_proxied_endpoint(client: AsyncTestClient[Any]) -> None:
     paths = (await client.get("/schema/openapi.json")).json()["paths"]
     for e in ENDPOINTS:
