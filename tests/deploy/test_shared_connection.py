@@ -22,7 +22,7 @@ from redis.cluster import RedisCluster
 from deploy.topologies import ClusterTopology, SentinelTopology, Server
 from integration.procs import wait_until
 from llm_router.state.connect import open_store
-from llm_router.state.multiplex import MultiplexedRedis
+from llm_router.state.multiplex import CLIENT_NAME, MultiplexedRedis
 from llm_router.state.scripts import STORE_DOWN_ERRORS
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -50,8 +50,8 @@ def load(servers: list[Server]) -> str:
 
 
 def links(server: Server) -> int:
-    """Connections whose last command was a script call."""
-    return sum(c["cmd"] == "evalsha" for c in server.client().client_list())
+    """The request path's connections to ``server``."""
+    return sum(c["name"] == CLIENT_NAME for c in server.client().client_list())
 
 
 def has_link(server: Server) -> bool:

@@ -34,6 +34,7 @@ from redis import exceptions as redis_errors
 
 log = logging.getLogger(__name__)
 
+CLIENT_NAME = "llm-router-request-path"
 #: How many MOVED/ASK hops one call follows before giving up (a slot moving in a loop).
 MAX_REDIRECTS = 5
 
@@ -60,6 +61,8 @@ class Handshake:
     password: str | None = None
     db: int = 0
     ssl_context: ssl.SSLContext | None = None
+    #: Shown by ``CLIENT LIST``, so an operator can tell the request path's link apart.
+    client_name: str = CLIENT_NAME
 
 
 #: Where a new link may go, best first (called each time one is opened).
@@ -227,6 +230,7 @@ class MultiplexedRedis:
                 self._check(await link.send(*auth))
             if hs.db:
                 self._check(await link.send("SELECT", hs.db))
+            self._check(await link.send("CLIENT", "SETNAME", hs.client_name))
         except redis_errors.ResponseError as exc:
             raise redis_errors.ConnectionError(f"state store refused the handshake: {exc}") from exc
 
@@ -298,28 +302,35 @@ class MultiplexedRedis:
         self._maybe_recheck()
         command = ("EVALSHA", sha, len(keys), *keys, *args)
         link: _Link | None = None
+        #: The link whose reply this call is waiting for, if any: a timeout fails only it.
+        owed: _Link | None = None
         try:
             async with asyncio.timeout(self._timeout_s):
                 link = await self._connected()
                 # A caller cancelled meanwhile leaves its (done) future in the queue, so
                 # the replies stay in step: its reply is read and dropped.
+                owed = link
                 reply = await link.send(*command)
+                owed = None
                 for _ in range(MAX_REDIRECTS):
                     kind = _error_kind(reply)
                     if kind == "MOVED":
                         link = await self._follow_moved(link, reply)
+                        owed = link
                         reply = await link.send(*command)
                     elif kind == "ASK":
                         link = await self._link_to(Address.parse(str(reply).split()[2]))
+                        owed = link
                         asking = link.send("ASKING")
                         reply = await link.send(*command)
                         self._check(await asking)
                     else:
                         break
+                    owed = None
         except TimeoutError:
             # Replies may now be out of step with the callers waiting: start over.
-            if link is not None:
-                link.fail(TimeoutError("state store timed out"))
+            if owed is not None:
+                owed.fail(TimeoutError("state store timed out"))
             raise
         if _error_kind(reply) in _STALE_NODE and link is not None:
             link.retire()
@@ -337,10 +348,13 @@ class MultiplexedRedis:
         return link
 
     async def close(self) -> None:
+        pending: list[asyncio.Future[Any]] = [*self._opening.values()]
         if self._checking is not None:
-            self._checking.cancel()
+            pending.append(self._checking)
+        for task in pending:
+            task.cancel()
             with contextlib.suppress(BaseException):
-                await self._checking
+                await task
         links, self._links, self._current = list(self._links.values()), {}, None
         for link in links:
             link.fail(redis_errors.ConnectionError("closed"))
