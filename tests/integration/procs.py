@@ -96,11 +96,14 @@ class Proc:
     log_path: Path
     process: subprocess.Popen[bytes] = field(init=False)
 
+    env: dict[str, str] | None = None
+
     def start(self) -> None:
         log = self.log_path.open("wb")
         try:
             self.process = subprocess.Popen(
                 self.args,
+                env={**os.environ, **self.env} if self.env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -167,13 +170,15 @@ class Cluster:
         self._procs: list[Proc] = []
         self._names = 0
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        """``env`` is added to this process's environment for the child."""
         proc = Proc(name, [sys.executable, "-m", "llm_router.cli", *args], self.workdir / name)
+        proc.env = env
         proc.start()
         self._procs.append(proc)
         return proc
 
-    def start_router(self, **options: Any) -> Router:
+    def start_router(self, env: dict[str, str] | None = None, **options: Any) -> Router:
         port = free_port()
         flags = {**FAST_ROUTER_FLAGS, **options}
         flags.update(
@@ -183,7 +188,7 @@ class Cluster:
             auth_disabled=True,
             log_level=flags.get("log_level", "warning"),
         )
-        router = Router(self._spawn(f"router-{port}.log", ["serve", *_flags(flags)]), port)
+        router = Router(self._spawn(f"router-{port}.log", ["serve", *_flags(flags)], env), port)
         self.routers.append(router)
         return router
 
@@ -194,6 +199,7 @@ class Cluster:
         backend: str = "metal",
         machine_name: str | None = None,
         router: Router | None = None,
+        env: dict[str, str] | None = None,
         **options: Any,
     ) -> SimNode:
         target = router or self.routers[0]
@@ -215,7 +221,7 @@ class Cluster:
             port=port,
             machine_name=name,
         )
-        proc = self._spawn(f"node-{name}.log", ["sim-node", *_flags(flags)])
+        proc = self._spawn(f"node-{name}.log", ["sim-node", *_flags(flags)], env)
         node = SimNode(proc, port, name, models)
         self.nodes.append(node)
         return node

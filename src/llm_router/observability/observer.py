@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, MutableMapping
 from time import perf_counter
 from typing import Any
 
@@ -67,6 +68,17 @@ class RequestTrace:
             self._sent = None
 
 
+def outcome_of(trace: RequestTrace, status: int, *, broken: bool) -> str:
+    """The outcome of a request the proxy answered (errors name their own)."""
+    if broken:
+        return "stream_broken"
+    if status == 429:
+        return "node_busy"
+    if trace.attempts > 1:
+        return "failover"
+    return "queued" if trace.queue_ms else "routed"
+
+
 class Observer:
     def __init__(
         self,
@@ -82,8 +94,15 @@ class Observer:
 
     # --- hooks called by the proxy ----------------------------------------------------------
 
-    def begin(self, model: str, request_id: str) -> RequestTrace:
+    def begin(
+        self, model: str, request_id: str, headers: Mapping[str, str] | None = None
+    ) -> RequestTrace:
+        """``headers`` are the client's (a tracing observer continues its ``traceparent``)."""
         return RequestTrace(model, request_id)
+
+    def propagate(self, trace: RequestTrace, headers: MutableMapping[str, str]) -> None:
+        """Before an attempt: add what the node should receive to continue the request's
+        trace (nothing unless tracing is on)."""
 
     def leased(self, trace: RequestTrace, node_id: str, queued_ms: float | None) -> None:
         trace.attempts += 1
@@ -121,15 +140,7 @@ class Observer:
         # must not push the fleet's real models into "other".
         model = OTHER if outcome == "model_not_found" else m.model_label(trace.model)
         node = m.node_label(trace.node) if trace.node else "none"
-        if outcome is None:
-            if broken:
-                outcome = "stream_broken"
-            elif status == 429:
-                outcome = "node_busy"
-            elif trace.attempts > 1:
-                outcome = "failover"
-            else:
-                outcome = "queued" if trace.queue_ms else "routed"
+        outcome = outcome or outcome_of(trace, status, broken=broken)
         if outcome not in ("routed", "queued", "failover"):
             m.decisions.inc(outcome)
         m.requests.inc(model, node, str(status))

@@ -169,7 +169,7 @@ class Proxy:
     async def forward(
         self, call: Call, client_gone: Callable[[], Awaitable[object]] | None = None
     ) -> ProxyReply:
-        trace = self._observer.begin(call.model, call.request_id)
+        trace = self._observer.begin(call.model, call.request_id, call.headers)
         try:
             response = await self._forward(call, trace, client_gone)
         except BaseException as exc:
@@ -205,6 +205,7 @@ class Proxy:
                     raise last_error from None
                 raise
             self._observer.leased(trace, lease.node_id, lease.queued_ms)
+            self._observer.propagate(trace, out_headers)
             try:
                 return await self._attempt(lease, call, out_headers, trace)
             except _AttemptFailed as failed:
@@ -356,7 +357,7 @@ class Proxy:
         trace: RequestTrace,
         status: int,
     ) -> AsyncGenerator[bytes, None]:
-        broken = False
+        broken = closed = False
         finder = StreamIdFinder() if call.endpoint.records_response and status == 200 else None
         try:
             if finder is not None:
@@ -366,6 +367,10 @@ class Proxy:
                 if finder is not None and not finder.found:
                     finder.feed(chunk)
                 yield chunk
+        except (GeneratorExit, asyncio.CancelledError):
+            # Closed or cancelled before the node ended the stream: the client left.
+            closed = True
+            raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("stream from node %s broke: %s", lease.node_id, exc)
             broken = True
@@ -375,7 +380,9 @@ class Proxy:
             )
         finally:
             upstream.release()
-            self._observer.finish(trace, status, broken=broken)
+            self._observer.finish(
+                trace, status, outcome="client_closed" if closed else None, broken=broken
+            )
             found = finder.found if finder is not None else ""
             self._dispatcher.release_soon(
                 lease,
