@@ -16,6 +16,7 @@ from typing import Any, get_args, get_origin
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from llm_router.observability.tracing import TracingUnavailable
 from llm_router.settings import RouterSettings
 
 log = logging.getLogger("llm_router")
@@ -78,19 +79,25 @@ def store_settings(redis_url: str | None, key_prefix: str | None) -> RouterSetti
     return RouterSettings(**overrides)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(settings: Any, service_name: str) -> None:
+    """Logging, then tracing (when the OTEL_* variables ask for it) for this process."""
+    from llm_router.observability import tracing
+    from llm_router.observability.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        if tracing.configure(service_name):
+            log.info("tracing on: spans exported as the OTEL_* variables say")
+    except TracingUnavailable as exc:
+        log.error("llm-router: %s", exc)
+        raise SystemExit(2) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from llm_router.serve import serve
 
     settings: RouterSettings = settings_from_args(RouterSettings, args)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings, "llm-router")
     return serve(settings)
 
 
@@ -106,12 +113,12 @@ def _run_agent(args: argparse.Namespace, *, simulated: bool) -> int:
             from llm_router.sim.node import run_sim_node
 
             sim_settings: SimNodeSettings = settings_from_args(SimNodeSettings, args)
-            _setup_logging(sim_settings.log_level)
+            _setup_logging(sim_settings, "llm-router-node")
             return asyncio.run(run_sim_node(sim_settings))
         from llm_router.node.agent import run_node
 
         settings: NodeSettings = settings_from_args(NodeSettings, args)
-        _setup_logging(settings.log_level)
+        _setup_logging(settings, "llm-router-node")
         return asyncio.run(run_node(settings))
     except CatalogError as exc:
         sys.stderr.write(f"llm-router {args.command}: {exc}\n")

@@ -12,6 +12,7 @@ from llm_router.app import create_app
 from llm_router.auth import startup_problems
 from llm_router.edge_limits import EdgeLimits, LimitedHttpTools
 from llm_router.fleet import Fleet
+from llm_router.observability.logs import UVICORN_LOG_CONFIG
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import StoreUrlError
 
@@ -47,10 +48,10 @@ def serve(settings: RouterSettings) -> int:
     problems = startup_problems(settings)
     if problems:
         for problem in problems:
-            sys.stderr.write(f"llm-router: refusing to start: {problem}\n")
+            log.error("llm-router: refusing to start: %s", problem)
         return 2
     if settings.embedded:
-        sys.stderr.write(_EMBEDDED_BANNER)
+        log.warning(_EMBEDDED_BANNER)
     elif settings.auth_disabled:
         log.warning("AUTHENTICATION IS DISABLED: any client may register nodes and administer")
     try:
@@ -77,6 +78,7 @@ def serve(settings: RouterSettings) -> int:
         lifespan="on",
         # Our JSON access log (observability) replaces uvicorn's plain-text lines.
         access_log=False,
+        log_config=UVICORN_LOG_CONFIG,
         log_level=settings.log_level,
         timeout_graceful_shutdown=round(settings.shutdown_timeout_s),
         server_header=False,

@@ -7,7 +7,7 @@ environment and the command line can never drift apart.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,8 @@ def _known_level(value: str) -> str:
 
 #: A logging level name, any case; every process kind's settings use it.
 LogLevel = Annotated[str, AfterValidator(_known_level)]
+#: ``json``: every log line of the process (ours, uvicorn's, aiohttp's) is one JSON object.
+LogFormat = Literal["text", "json"]
 
 
 class RouterSettings(BaseSettings):
@@ -117,6 +119,7 @@ class RouterSettings(BaseSettings):
     )
 
     log_level: LogLevel = Field(default="info")
+    log_format: LogFormat = Field(default="text", description="text, or json (one object a line)")
     access_log: bool = Field(default=False, description="per-request log lines (costs throughput)")
 
     _split = field_validator("api_keys", "node_keys", "admin_keys", mode="before")(_split_keys)

@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from llm_router.observability.logs import UVICORN_LOG_CONFIG
+
 
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves SIGTERM/SIGINT to its owner.
@@ -31,6 +33,7 @@ def make_server(app: Any, host: str, port: int, log_level: str = "warning") -> E
         http="httptools",
         lifespan="on",
         access_log=False,
+        log_config=UVICORN_LOG_CONFIG,
         log_level="debug" if log_level == "debug" else "warning",
         server_header=False,
         # Routers keep pooled connections; closing them early causes needless reconnects.

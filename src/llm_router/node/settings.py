@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llm_router.gpu import GpuBackend
 from llm_router.protocol import validate_model_id
-from llm_router.settings import LogLevel
+from llm_router.settings import LogFormat, LogLevel
 
 
 def _default_machine_name() -> str:
@@ -80,6 +80,7 @@ class AgentSettings(BaseSettings):
         default=30.0, gt=0, description="how often the runtime's model list is re-read"
     )
     log_level: LogLevel = Field(default="info", description="critical, error, warning, info, debug")
+    log_format: LogFormat = Field(default="text", description="text, or json (one object a line)")
 
     _url = field_validator("router_url", mode="after")(_strip_url)
 
