@@ -38,6 +38,7 @@ from llm_router.node.asgi import (
     send_json,
 )
 from llm_router.node.state import NodeState
+from llm_router.observability import tracing
 from llm_router.routing.endpoints import Endpoint, ModelFrom, match, routes, serves
 
 log = logging.getLogger("llm_router.node")
@@ -48,7 +49,15 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 # Sent on to the runtime. The client's Authorization is for the router, not the runtime.
 _FORWARD_REQUEST_HEADERS = frozenset(
-    {b"content-type", b"accept", b"x-request-id", b"anthropic-version", b"anthropic-beta"}
+    {
+        b"content-type",
+        b"accept",
+        b"x-request-id",
+        b"anthropic-version",
+        b"anthropic-beta",
+        b"traceparent",
+        b"tracestate",
+    }
 )
 # Hop-by-hop, or set by our own server.
 _DROP_RESPONSE_HEADERS = frozenset(
@@ -183,7 +192,8 @@ class RuntimeProxy:
     async def _counted(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         started = self.state.begin()
         try:
-            await self._forward(scope, receive, send, body)
+            with tracing.runtime_call(scope):
+                await self._forward(scope, receive, send, body)
         finally:
             self.state.end(started)
 
@@ -218,6 +228,7 @@ class RuntimeProxy:
             for k, v in scope["headers"]
             if k in _FORWARD_REQUEST_HEADERS
         }
+        tracing.inject(headers)
         try:
             response = await self._session.request(
                 scope["method"], url, data=body or None, headers=headers

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from llm_router.observability import tracing
 from llm_router.observability.access_log import AccessLog, access_logger
 from llm_router.observability.decisions import DecisionLog
 from llm_router.observability.fleet_view import FleetView, refresh_fleet_gauges
@@ -20,6 +21,18 @@ from llm_router.state.registry import NodeRegistry
 
 def replica_name(settings: RouterSettings) -> str:
     return f"{socket.gethostname()}:{settings.port}"
+
+
+def _observer(
+    metrics: RouterMetrics, decisions: DecisionLog, access: AccessLog | None, replica: str
+) -> Observer:
+    """With tracing off the proxy's hooks are the plain observer's: no span code runs."""
+    tracer = tracing.tracer()
+    if tracer is None:
+        return Observer(metrics, decisions, access, replica)
+    from llm_router.observability.request_spans import TracingObserver
+
+    return TracingObserver(metrics, decisions, access, replica, tracer=tracer)
 
 
 @dataclass
@@ -44,7 +57,7 @@ class Telemetry:
         access = AccessLog(access_logger(), replica) if settings.access_log else None
         return cls(
             metrics=metrics,
-            observer=Observer(metrics, decisions, access, replica),
+            observer=_observer(metrics, decisions, access, replica),
             decisions=decisions,
             view=FleetView(redis, keys, registry, forget_ms=int(settings.node_forget_s * 1000)),
             replica=replica,
@@ -55,6 +68,7 @@ class Telemetry:
 
     async def stop(self) -> None:
         await self.decisions.stop()
+        tracing.flush()
 
     async def render(self, *, leases_held: int, queue_waiters: int) -> str:
         """The Prometheus exposition of this replica, fleet-wide gauges freshly read."""
