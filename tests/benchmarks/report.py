@@ -13,6 +13,9 @@ PEER = "litellm"
 #: The router on plain ``redis://``, which the rows on the other store kinds are held to.
 PLAIN_ROUTER = "llm-router"
 STORE_ROWS = ("llm-router-sentinel", "llm-router-cluster", "llm-router-tls")
+#: Other routers and gateways, each in front of the same upstream; llm-router (one replica
+#: on plain Redis) is set against each of them in a table of its own.
+PEERS = ("litellm", "sglang-router", "vllm-router", "portkey")
 DOC_BEGIN = "<!-- bench:begin -->"
 DOC_END = "<!-- bench:end -->"
 
@@ -142,10 +145,52 @@ def throughput_tables(results: dict[str, Any], levels: list[int]) -> str:
     return "\n".join(out)
 
 
+def peers_table(results: dict[str, Any], levels: list[int]) -> str:
+    """Where one llm-router replica stands against each peer: throughput ratio per level
+    (>1: we serve more), and per core (CPU per request) and tail latency side by side."""
+    targets = results["targets"]
+    ours = targets.get(PLAIN_ROUTER, {})
+    if not _ok(ours):
+        return ""
+    ours16 = _wrk_at(ours, 16) or {}
+    rows = []
+    for peer in PEERS:
+        res = targets.get(peer)
+        if res is None:
+            continue
+        if not _ok(res):
+            rows.append([peer, res.get("status", "?"), *["" for _ in levels], "", ""])
+            continue
+        ratios = []
+        for c in levels:
+            mine, theirs = _rps(targets, PLAIN_ROUTER, c), _rps(targets, peer, c)
+            ratios.append(f"{mine / theirs:.2f}x" if mine and theirs else "-")
+        theirs16 = _wrk_at(res, 16) or {}
+        cpu = (
+            f"{_fmt(ours16.get('cpu_us_per_req'), 0)} vs {_fmt(theirs16.get('cpu_us_per_req'), 0)}"
+        )
+        p99 = f"{_fmt(ours16.get('p99_ms'))} vs {_fmt(theirs16.get('p99_ms'))}"
+        version = ", ".join(str(n) for n in res.get("notes", []) if n) or "-"
+        rows.append([peer, version, *ratios, cpu, p99])
+    if not rows:
+        return ""
+    header = [
+        "peer",
+        "version",
+        *[f"c{c} llm-router / peer" for c in levels],
+        "CPU µs/req c16 (ours vs peer)",
+        "p99 ms c16 (ours vs peer)",
+    ]
+    return "**llm-router (one replica) against each peer**\n\n" + _table(header, rows)
+
+
 def stream_table(results: dict[str, Any]) -> str:
     rows = []
     for name, res in results["targets"].items():
         if not _ok(res):
+            continue
+        if res.get("stream_status"):
+            rows.append([name, "-", "-", "-", "-", res["stream_status"]])
             continue
         for row in res.get("stream", []):
             rows.append(
@@ -294,6 +339,7 @@ def markdown(results: dict[str, Any]) -> str:
     parts = [
         machine_block(results),
         throughput_tables(results, levels),
+        peers_table(results, levels),
         stream_table(results),
         redis_table(results),
         store_table(results),

@@ -1,7 +1,8 @@
 """One command for the whole benchmark: ``python -m tests.benchmarks.run [--quick]``.
 
 Starts the fast upstream, then each target in turn (direct, nginx, bare Python proxy,
-llm-router x1, llm-router x2 behind nginx, LiteLLM), drives it with wrk and a streaming
+llm-router x1, llm-router x2 behind nginx, and the peers: LiteLLM, sglang-router,
+vllm-router, the Portkey gateway), drives it with wrk and a streaming
 client, stops it, runs the Redis micro-benchmarks, and prints/writes the tables, a JSON
 file and a PNG into ``tests/benchmarks/results/``. Every child process is stopped on exit.
 """
@@ -39,9 +40,12 @@ from tests.benchmarks.targets import (
     start_direct,
     start_litellm,
     start_nginx,
+    start_portkey,
     start_redis,
     start_router,
+    start_sglang_router,
     start_upstream,
+    start_vllm_router,
 )
 
 ALL_TARGETS = [
@@ -54,6 +58,9 @@ ALL_TARGETS = [
     "llm-router-tls",
     "llm-router-x2",
     "litellm",
+    "sglang-router",
+    "vllm-router",
+    "portkey",
 ]
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {AUTH_KEY}"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated subset")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming client")
     p.add_argument("--no-micro", action="store_true", help="skip the Redis micro-benchmarks")
-    p.add_argument("--no-install", action="store_true", help="do not install LiteLLM")
+    p.add_argument("--no-install", action="store_true", help="do not install the peers")
     p.add_argument("--stream-chunks", type=int, default=16)
     p.add_argument("--stream-delay-ms", type=float, default=0.0)
     p.add_argument("--load-cpus", help="CPUs for wrk and the clients (default: CPU 0)")
@@ -126,11 +133,13 @@ class Bench:
         self.threads = (
             1 if load_cpus is not None and "," not in load_cpus and "-" not in load_cpus else 2
         )
-        self.script = loadgen.wrk_script(
-            cfg.work_dir / "chat.lua",
+
+    def script(self, target: Target) -> Path:
+        return loadgen.wrk_script(
+            self.cfg.work_dir / f"chat-{target.name.replace(' ', '_')}.lua",
             method="POST",
             body=json.dumps(CHAT_BODY).encode(),
-            headers=HEADERS,
+            headers={**HEADERS, **target.headers},
         )
 
     def wrk(self, target: Target, concurrency: int, duration: float) -> loadgen.WrkResult:
@@ -138,7 +147,7 @@ class Bench:
         redis0 = target.redis_proc.cpu_seconds() if target.redis_proc else 0.0
         result = loadgen.run_wrk(
             f"{target.url}/v1/chat/completions",
-            self.script,
+            self.script(target),
             concurrency=concurrency,
             duration_s=duration,
             cpus=self.load_cpus,
@@ -175,7 +184,7 @@ class Bench:
                 rows[-1]["error_sample"] = loadgen.status_sample(
                     f"{target.url}/v1/chat/completions",
                     json.dumps(CHAT_BODY).encode(),
-                    HEADERS,
+                    {**HEADERS, **target.headers},
                     concurrency=c,
                     total=max(c * 4, 200),
                 )
@@ -186,7 +195,9 @@ class Bench:
                 flush=True,
             )
         out["wrk"] = rows
-        if not self.args.no_stream:
+        if target.stream_unsupported:
+            out["stream_status"] = target.stream_unsupported
+        elif not self.args.no_stream:
             out["stream"] = self.stream(target)
         if target.redis_port:
             self.router_extras(target, out)
@@ -199,7 +210,7 @@ class Bench:
             res = loadgen.run_stream(
                 f"{target.url}/v1/chat/completions",
                 body,
-                HEADERS,
+                {**HEADERS, **target.headers},
                 concurrency=c,
                 duration_s=max(1.0, self.duration * 0.7),
             )
@@ -291,6 +302,9 @@ def _factories(
         "llm-router-tls": lambda: start_router(cfg, port, 1, "tls"),
         "llm-router-x2": lambda: start_router(cfg, port, 2),
         "litellm": lambda: start_litellm(cfg, port),
+        "sglang-router": lambda: start_sglang_router(cfg, port),
+        "vllm-router": lambda: start_vllm_router(cfg, port),
+        "portkey": lambda: start_portkey(cfg, port),
     }
 
 
@@ -339,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=work,
         server_cpus=server_cpus,
         cache_dir=args.cache_dir,
-        install_litellm=not args.no_install,
+        install_peers=not args.no_install,
         stream_chunks=args.stream_chunks,
         stream_delay_ms=args.stream_delay_ms,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -47,7 +48,7 @@ class Settings:
     work_dir: Path
     server_cpus: str | None
     cache_dir: Path
-    install_litellm: bool = True
+    install_peers: bool = True
     stream_chunks: int = 16
     stream_delay_ms: float = 0.0
 
@@ -60,6 +61,10 @@ class Target:
     redis_port: int | None = None
     redis_proc: Proc | None = None
     notes: list[str] = field(default_factory=list)
+    #: Sent with every request (a gateway told per request where the upstream is).
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Why the streaming client is not run against this target, when it is not.
+    stream_unsupported: str | None = None
 
     def cpu_seconds(self) -> float:
         return sum(p.cpu_seconds() for p in self.cpu_procs)
@@ -318,7 +323,13 @@ def start_router(
             beat.stop()
 
 
-# --- LiteLLM ------------------------------------------------------------------------------
+# --- peers: LiteLLM, the Rust routers, the Portkey gateway -----------------------------------
+
+# Pinned: a figure is only comparable with the version it was measured on.
+LITELLM = "litellm[proxy]==1.79.3"
+SGLANG_ROUTER = "sglang-router==0.3.2"
+VLLM_ROUTER = "vllm-router==0.1.17"
+PORTKEY = "@portkey-ai/gateway@1.15.2"
 
 LITELLM_ENV = {
     "LITELLM_MASTER_KEY": AUTH_KEY,
@@ -329,31 +340,45 @@ LITELLM_ENV = {
 }
 
 
-def litellm_executable(cfg: Settings) -> Path:
-    venv = cfg.cache_dir / "litellm-venv"
-    exe = venv / "bin" / "litellm"
+def _install_failed(what: str, exc: BaseException) -> Unavailable:
+    detail = getattr(exc, "stderr", b"") or b""
+    if isinstance(detail, bytes):
+        detail = detail.decode(errors="replace")
+    last = detail.strip().splitlines()[-1:] if detail else []
+    return Unavailable(f"{what} install failed: {exc} {' '.join(last)[:160]}")
+
+
+def venv_executable(cfg: Settings, requirement: str, command: str) -> Path:
+    """``command`` from ``requirement``, installed on first use into a venv of its own
+    under the cache directory (named after the pinned requirement, so a new pin is a new
+    venv), never into the project's environment."""
+    slug = requirement.replace("[", "-").replace("]", "").replace("==", "-")
+    venv = cfg.cache_dir / f"{slug}-venv"
+    exe = venv / "bin" / command
     if exe.exists():
         return exe
-    if not cfg.install_litellm:
-        raise Unavailable(f"LiteLLM is not installed in {venv} (run without --no-install)")
-    print(f"installing LiteLLM into {venv} (once; may take minutes)...", flush=True)
+    if not cfg.install_peers:
+        raise Unavailable(f"{requirement} is not installed in {venv} (run without --no-install)")
+    print(f"installing {requirement} into {venv} (once; may take minutes)...", flush=True)
     try:
         subprocess.run(
             [sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, capture_output=True
         )
         subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+            [str(venv / "bin" / "pip"), "install", "-q", requirement],
             check=True,
             timeout=900,
             capture_output=True,
         )
     except (subprocess.SubprocessError, OSError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        last = detail.decode(errors="replace").strip().splitlines()[-1:] if detail else []
-        raise Unavailable(f"LiteLLM install failed: {exc} {' '.join(last)[:160]}") from exc
+        raise _install_failed(requirement, exc) from exc
     if not exe.exists():
-        raise Unavailable("LiteLLM install finished without a litellm command")
+        raise Unavailable(f"{requirement} installed without a {command} command")
     return exe
+
+
+def litellm_executable(cfg: Settings) -> Path:
+    return venv_executable(cfg, LITELLM, "litellm")
 
 
 @contextlib.contextmanager
@@ -403,12 +428,140 @@ general_settings:
             json_body=CHAT_BODY,
             headers={"Authorization": f"Bearer {AUTH_KEY}"},
         )
-        version = subprocess.run(
-            [str(exe.with_name("pip")), "show", "litellm"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        yield Target("litellm", url, [proc], notes=_pip_version(exe, "litellm"))
+
+
+def _pip_version(exe: Path, package: str) -> list[str]:
+    shown = subprocess.run(
+        [str(exe.with_name("pip")), "show", package],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return [
+        f"{package} {line.split(':', 1)[1].strip()}"
+        for line in shown.stdout.splitlines()
+        if line.startswith("Version:")
+    ]
+
+
+@contextlib.contextmanager
+def _rust_router(
+    cfg: Settings, name: str, requirement: str, command: str, argv: list[str], upstream_port: int
+) -> Iterator[Target]:
+    """sglang-router and vllm-router: one static worker (our upstream), their default
+    policy; their Prometheus listener gets a free port so two can never collide."""
+    exe = venv_executable(cfg, requirement, command)
+    with ProcessStack(cfg.work_dir / "logs") as stack:
+        port = free_port()
+        proc = stack.start(
+            name,
+            [
+                str(exe),
+                *argv,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--worker-urls",
+                f"http://127.0.0.1:{upstream_port}",
+                "--prometheus-host",
+                "127.0.0.1",
+                "--prometheus-port",
+                str(free_port()),
+            ],
+            cpus=cfg.server_cpus,
+            cwd=cfg.work_dir,
         )
-        notes = [line for line in version.stdout.splitlines() if line.startswith("Version:")]
-        yield Target("litellm", url, [proc], notes=notes)
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(proc, f"{url}/v1/chat/completions", 60, json_body=CHAT_BODY)
+        yield Target(name, url, [proc], notes=_pip_version(exe, requirement.split("==")[0]))
+
+
+@contextlib.contextmanager
+def start_sglang_router(cfg: Settings, upstream_port: int) -> Iterator[Target]:
+    with _rust_router(
+        cfg,
+        "sglang-router",
+        SGLANG_ROUTER,
+        "sglang-router",
+        ["launch", "--log-level", "warn"],
+        upstream_port,
+    ) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def start_vllm_router(cfg: Settings, upstream_port: int) -> Iterator[Target]:
+    with _rust_router(
+        cfg, "vllm-router", VLLM_ROUTER, "vllm-router", ["--log-level", "warning"], upstream_port
+    ) as target:
+        yield target
+
+
+def portkey_script(cfg: Settings) -> Path:
+    """The gateway's server script, installed on first use with npm into its own prefix."""
+    prefix = cfg.cache_dir / PORTKEY.lstrip("@").replace("/", "-").replace("@", "-")
+    script = prefix / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if script.exists():
+        return script
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        raise Unavailable("Node.js and npm are not installed (apt-get install nodejs npm)")
+    if not cfg.install_peers:
+        raise Unavailable(f"{PORTKEY} is not installed in {prefix} (run without --no-install)")
+    print(f"installing {PORTKEY} into {prefix} (once)...", flush=True)
+    prefix.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), PORTKEY],
+            check=True,
+            timeout=900,
+            capture_output=True,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise _install_failed(PORTKEY, exc) from exc
+    if not script.exists():
+        raise Unavailable(f"{PORTKEY} installed without {script.name}")
+    return script
+
+
+#: The gateway is told per request where to go: an OpenAI-compatible custom host.
+def portkey_headers(upstream_port: int) -> dict[str, str]:
+    return {
+        "x-portkey-provider": "openai",
+        "x-portkey-custom-host": f"http://127.0.0.1:{upstream_port}/v1",
+    }
+
+
+#: Measured with 1.15.2 on Node 20: a streamed reply from an OpenAI-compatible host fails
+#: in the gateway itself ("TypeError: immutable" appending its headers to the upstream's
+#: response), answering {"status":"failure"}; non-streaming requests work.
+PORTKEY_STREAM_BROKEN = (
+    "streaming fails inside the gateway (TypeError: immutable, adding headers to the "
+    "upstream response on Node): measured non-streaming only"
+)
+
+
+@contextlib.contextmanager
+def start_portkey(cfg: Settings, upstream_port: int) -> Iterator[Target]:
+    script = portkey_script(cfg)
+    with ProcessStack(cfg.work_dir / "logs") as stack:
+        port = free_port()
+        proc = stack.start(
+            "portkey",
+            ["node", str(script), f"--port={port}", "--headless"],
+            cpus=cfg.server_cpus,
+            cwd=cfg.work_dir,
+        )
+        url = f"http://127.0.0.1:{port}"
+        headers = portkey_headers(upstream_port)
+        wait_http_ok(proc, f"{url}/v1/chat/completions", 60, json_body=CHAT_BODY, headers=headers)
+        yield Target(
+            "portkey",
+            url,
+            [proc],
+            notes=[PORTKEY.rsplit("@", 1)[1]],
+            headers=headers,
+            stream_unsupported=PORTKEY_STREAM_BROKEN,
+        )
