@@ -17,6 +17,7 @@ from llm_router.auth import KeyRing
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.telemetry import Telemetry
 from llm_router.observability.timed_scripts import TimedScripts
+from llm_router.routing.affinity import AffinityPolicy
 from llm_router.routing.proxy import Proxy, ProxyConfig
 from llm_router.routing.queue import CapacityEvents
 from llm_router.routing.select import Dispatcher, Limits
@@ -44,6 +45,7 @@ class Fleet:
     keyring: KeyRing
     control_http: httpx.AsyncClient
     telemetry: Telemetry
+    affinity: AffinityPolicy
     shutting_down: bool = False
     _janitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -101,6 +103,11 @@ class Fleet:
             keyring=KeyRing.from_settings(settings),
             control_http=httpx.AsyncClient(timeout=settings.model_fetch_timeout_s),
             telemetry=telemetry,
+            affinity=AffinityPolicy(
+                enabled=settings.affinity,
+                ttl_ms=int(settings.affinity_ttl_s * 1000),
+                margin=round(settings.affinity_margin * 1_000_000),
+            ),
         )
 
     async def start(self) -> None:

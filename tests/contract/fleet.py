@@ -16,7 +16,7 @@ from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.connect import Store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
-from llm_router.state.scripts import AcquireResult, FleetScripts, Granted
+from llm_router.state.scripts import NO_AFFINITY, AcquireResult, Affinity, FleetScripts, Granted
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class Fleet:
         queue_max: int = 64,
         ticket_ttl_ms: int = 30_000,
         forget_ms: int | None = None,
+        affinity: Affinity = NO_AFFINITY,
     ) -> AcquireResult:
         return await self.scripts.acquire(
             model=model,
@@ -113,6 +114,7 @@ class Fleet:
             queue_max=queue_max,
             ticket_ttl_ms=ticket_ttl_ms,
             forget_ms=forget_ms if forget_ms is not None else self.config.forget_ms,
+            affinity=affinity,
         )
 
     async def lease(self, model: str, *, lease_ttl_ms: int = 30_000, **kw: Any) -> Lease:

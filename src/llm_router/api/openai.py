@@ -34,6 +34,10 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def model_of(body: bytes) -> str:
+    return model_in(payload_of(body))
+
+
+def payload_of(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("Request body is empty; expected a JSON object with 'model'")
     try:
@@ -42,6 +46,10 @@ def model_of(body: bytes) -> str:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object")
+    return payload
+
+
+def model_in(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if model is None:
         raise InvalidRequest("you must provide a model parameter", param="model")
@@ -157,7 +165,8 @@ def _inference_endpoint(path: str) -> Any:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         await guard.admit(fleet.keyring.check(headers, AuthScope.API))
         body = await _read_body(receive, fleet.settings.max_body_bytes)
-        model = model_of(body)
+        payload = payload_of(body)
+        model = model_in(payload)
         stop_watching = _cancel_current_task_when(receive, after_s=DISCONNECT_WATCH_AFTER_S)
         try:
             reply = await fleet.proxy.forward(
@@ -167,6 +176,7 @@ def _inference_endpoint(path: str) -> Any:
                 headers=headers,
                 request_id=request_id_of(headers),
                 client_gone=lambda: _client_left(receive),
+                affinity=fleet.affinity.for_request(path, model, payload, headers),
             )
         except asyncio.CancelledError:
             if _absorb_our_cancellation(stop_watching):

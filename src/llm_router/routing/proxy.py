@@ -30,7 +30,9 @@ from llm_router.errors import (
     error_body,
 )
 from llm_router.observability.observer import Observer, RequestTrace
+from llm_router.routing.affinity import AFFINITY_HEADER
 from llm_router.routing.select import Dispatcher, Lease
+from llm_router.state.scripts import NO_AFFINITY, Affinity
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +121,12 @@ class Proxy:
         headers: Mapping[str, str],
         request_id: str,
         client_gone: Callable[[], Awaitable[object]] | None = None,
+        affinity: Affinity = NO_AFFINITY,
     ) -> ProxyReply:
         trace = self._observer.begin(model, request_id)
         try:
             response = await self._forward(
-                path, model, body, headers, request_id, trace, client_gone
+                path, model, body, headers, request_id, trace, client_gone, affinity
             )
         except BaseException as exc:
             self._observer.failed(trace, exc)
@@ -141,6 +144,7 @@ class Proxy:
         request_id: str,
         trace: RequestTrace,
         client_gone: Callable[[], Awaitable[object]] | None,
+        affinity: Affinity,
     ) -> ProxyReply:
         assert self._session is not None, "Proxy.start() was not awaited"
         out_headers = {h: headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in headers}
@@ -149,7 +153,7 @@ class Proxy:
         busy_response: tuple[int, bytes, dict[str, str]] | None = None
         for _attempt in range(self._config.max_attempts):
             try:
-                lease = await self._dispatcher.acquire(model, client_gone)
+                lease = await self._dispatcher.acquire(model, client_gone, affinity)
             except NoCapableNodes:
                 # Every node is excluded or gone; report what the last one said.
                 if busy_response is not None:
@@ -158,7 +162,7 @@ class Proxy:
                 if last_error is not None:
                     raise last_error from None
                 raise
-            self._observer.leased(trace, lease.node_id, lease.queued_ms)
+            self._observer.leased(trace, lease.node_id, lease.queued_ms, lease.affinity)
             try:
                 return await self._attempt(lease, path, body, out_headers, request_id, trace)
             except _AttemptFailed as failed:
@@ -297,6 +301,9 @@ class Proxy:
         if lease.queued_ms is not None:
             headers["x-queue-status"] = "queued"
             headers["x-queue-wait-ms"] = str(round(lease.queued_ms))
+        if lease.affinity:
+            # "moved:full" → "moved": the cause is for operators (decisions, metrics).
+            headers[AFFINITY_HEADER] = lease.affinity.partition(":")[0]
         return headers
 
 

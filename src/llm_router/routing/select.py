@@ -27,7 +27,7 @@ from llm_router.errors import (
     ShuttingDown,
 )
 from llm_router.routing.queue import CapacityEvents, Waiter
-from llm_router.state.scripts import FleetScripts, Granted, Queued, Refused
+from llm_router.state.scripts import NO_AFFINITY, Affinity, FleetScripts, Granted, Queued, Refused
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class Lease:
     node_id: str
     url: str
     queued_ms: float | None
+    #: What affinity did (see ``Granted.affinity``); "" when the request had no keys.
+    affinity: str = ""
 
 
 class Dispatcher:
@@ -68,24 +70,28 @@ class Dispatcher:
         return len(self._leases)
 
     async def acquire(
-        self, model: str, client_gone: Callable[[], Awaitable[object]] | None = None
+        self,
+        model: str,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
+        affinity: Affinity = NO_AFFINITY,
     ) -> Lease:
         """A lease on a node for ``model``, queueing if needed.
 
         ``client_gone`` resolves when the client disconnects; it is only watched while the
-        request waits in the queue, so the common path costs nothing extra.
+        request waits in the queue, so the common path costs nothing extra. ``affinity``
+        carries the request's pins, read and moved by the same script call.
         """
         if self.closing:
             raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
         ticket = uuid.uuid4().hex
-        result = await self._try(model, ticket)
+        result = await self._try(model, ticket, affinity)
         if isinstance(result, Granted):
             return self._hold(result, queued_ms=None)
         if isinstance(result, Refused):
             raise self._refusal(model, result)
-        return await self._wait(model, ticket, result, client_gone)
+        return await self._wait(model, ticket, result, client_gone, affinity)
 
-    async def _try(self, model: str, ticket: str) -> Granted | Queued | Refused:
+    async def _try(self, model: str, ticket: str, affinity: Affinity) -> Granted | Queued | Refused:
         return await self._scripts.acquire(
             model=model,
             lease_id=uuid.uuid4().hex,
@@ -94,6 +100,7 @@ class Dispatcher:
             queue_max=self._limits.queue_max,
             ticket_ttl_ms=self._limits.ticket_ttl_ms,
             forget_ms=self._limits.forget_ms,
+            affinity=affinity,
         )
 
     def _hold(self, granted: Granted, queued_ms: float | None) -> Lease:
@@ -102,6 +109,7 @@ class Dispatcher:
             node_id=granted.node_id,
             url=f"http://{_host(granted.ip_address)}:{granted.port}",
             queued_ms=queued_ms,
+            affinity=granted.affinity,
         )
         self._leases[lease.lease_id] = lease.node_id
         return lease
@@ -127,6 +135,7 @@ class Dispatcher:
         ticket: str,
         queued: Queued,
         client_gone: Callable[[], Awaitable[object]] | None,
+        affinity: Affinity,
     ) -> Lease:
         started = time.monotonic()
         deadline = started + self._limits.queue_timeout_s
@@ -154,7 +163,7 @@ class Dispatcher:
                 waiter.wake.clear()
                 if waiter.abandoned:
                     continue
-                result = await self._try(model, ticket)
+                result = await self._try(model, ticket, affinity)
                 if isinstance(result, Granted):
                     granted = True
                     return self._hold(result, (time.monotonic() - started) * 1000)

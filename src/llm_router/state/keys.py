@@ -94,6 +94,10 @@ class Keys:
         """zset: model → end of the node's cool-down for that model (ms)."""
         return f"{self.base}excluded:{node_id}"
 
+    def pin(self, affinity_key: str) -> str:
+        """string: node id that last served requests with this affinity key (TTL)."""
+        return f"{self.base}pin:{affinity_key}"
+
     @property
     def events(self) -> str:
         """pub/sub channel: model ids whose capacity was freed (queue wake-ups)."""

@@ -8,8 +8,12 @@
 -- ARGV[5]  queue_max: a fresh arrival that finds no slot is queued unless this many wait
 -- ARGV[6]  ticket TTL (ms): a ticket its waiter stops renewing dies after this
 -- ARGV[7]  forget-after (ms): how long a model stays "known" after its last advertisement
+-- ARGV[8]  affinity pin TTL (ms); 0 or absent: affinity off for this request
+-- ARGV[9]  affinity margin, in utilisation units (1e6 = a whole node)
+-- ARGV[10..] affinity keys, most specific first (none: no affinity)
 -- Returns
---   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency}
+--   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity}
+--       affinity: "" (no keys), "new" (no pin), "hit", or "moved:unavailable|full|loaded"
 --   {"queued", position, arrival_us}   ticket ARGV[4] is (now) in the queue
 --   {"queue_full", length}
 --   {"no_capable"}                     known model, no node that could take it at all
@@ -42,6 +46,25 @@ if not my_turn then
   my_turn = redis.call('ZRANGE', qkey, 0, 0)[1] == ticket
 end
 
+-- A node may take this request if it is alive, taking requests and not cooling down for the
+-- model; returns its routing fields then.
+local function usable(id)
+  local f = routing_fields(id)
+  local alive_until = tonumber(redis.call('ZSCORE', k_alive(), id) or '0')
+  local cooling = tonumber(redis.call('ZSCORE', k_excluded(id), model) or '0')
+  if alive_until <= now or f[1] == '1' or f[2] == '1' or cooling > now then return nil end
+  return f
+end
+
+-- A usable node's real state: in-flight count (expired leases pruned) and score.
+local function candidate(id, f)
+  local inflight = in_flight(id, now)
+  local base, maxc = score_of(f, inflight)
+  local warm = warm_set(f)
+  return {id = id, f = f, inflight = inflight, base = base, warm = warm, maxc = maxc,
+    score = model_score(base, warm, model), util = math.floor(base / UTIL_UNIT)}
+end
+
 -- The load index is ordered by stored score. Take the best stored score, rotate among the
 -- nodes sharing it, and check only the one picked: alive, taking requests for this model,
 -- real in-flight count (expired leases pruned). An entry that fails the check is removed
@@ -49,48 +72,83 @@ end
 -- rewritten; either way the loop looks again. The common case is one pass.
 local load_key = k_model_load(model)
 local any_capable = false
-local passes = 0
-while my_turn and passes < 16 do
-  passes = passes + 1
-  -- The best few entries in one read; those sharing the best stored score form the
-  -- rotation pool.
-  local head = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, 8,
-    'WITHSCORES')
-  if #head == 0 then break end
-  local top = tonumber(head[2])
-  local pick = head[1]
-  if top < FULL then
-    local pool = 1
-    while pool * 2 + 2 <= #head and tonumber(head[pool * 2 + 2]) == top do pool = pool + 1 end
-    if pool > 1 then
-      pick = head[((redis.call('INCR', k_model_rr(model)) % pool) * 2) + 1]
+
+local function best_candidate()
+  for _ = 1, 16 do
+    -- The best few entries in one read; those sharing the best stored score form the
+    -- rotation pool.
+    local head = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, 8,
+      'WITHSCORES')
+    if #head == 0 then return nil end
+    local top = tonumber(head[2])
+    local pick = head[1]
+    if top < FULL then
+      local pool = 1
+      while pool * 2 + 2 <= #head and tonumber(head[pool * 2 + 2]) == top do pool = pool + 1 end
+      if pool > 1 then
+        pick = head[((redis.call('INCR', k_model_rr(model)) % pool) * 2) + 1]
+      end
+    end
+    local f = usable(pick)
+    if not f then
+      redis.call('ZREM', load_key, pick)
+    else
+      any_capable = true
+      local c = candidate(pick, f)
+      if c.score < FULL and c.score <= top then return c end
+      if c.score == top then return nil end  -- accurate and full: every node is full
+      update_scores_for(decode_list(f[6]), pick, c.base, c.warm)
     end
   end
+  return nil
+end
 
-  local f = routing_fields(pick)
-  local alive_until = tonumber(redis.call('ZSCORE', k_alive(), pick) or '0')
-  local cooling = tonumber(redis.call('ZSCORE', k_excluded(pick), model) or '0')
-  if alive_until <= now or f[1] == '1' or f[2] == '1' or cooling > now then
-    redis.call('ZREM', load_key, pick)
-  else
-    any_capable = true
-    local inflight = in_flight(pick, now)
-    local score = score_of(f, inflight)
-    local models = decode_list(f[6])
-    if score < FULL and score <= top then
-      redis.call('ZADD', k_leases(pick), now + lease_ttl, lease_id)
-      inflight = inflight + 1
-      local new_score, maxc = score_of(f, inflight)
-      update_scores_for(models, pick, new_score)
-      if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
-        redis.call('ZREM', qalive, ticket)
-        -- The next in line may find a slot too; let its replica look.
-        if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
-      end
-      return {'ok', pick, f[7], f[8], inflight, maxc}
+-- The pinned node as a candidate, or nil when it cannot take this model now (gone, drained,
+-- excluded, no longer serving it). A stale index entry is repaired as above.
+local function pinned_candidate(id)
+  if not redis.call('ZSCORE', load_key, id) then return nil end
+  local f = usable(id)
+  if not f then
+    redis.call('ZREM', load_key, id)
+    return nil
+  end
+  any_capable = true
+  return candidate(id, f)
+end
+
+local function grant(c, affinity)
+  redis.call('ZADD', k_leases(c.id), now + lease_ttl, lease_id)
+  local inflight = c.inflight + 1
+  update_scores_for(decode_list(c.f[6]), c.id, (score_of(c.f, inflight)), c.warm)
+  if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
+    redis.call('ZREM', qalive, ticket)
+    -- The next in line may find a slot too; let its replica look.
+    if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
+  end
+  return {'ok', c.id, c.f[7], c.f[8], inflight, c.maxc, affinity}
+end
+
+if my_turn then
+  local pin_ttl, margin = tonumber(ARGV[8] or '0') or 0, tonumber(ARGV[9] or '0') or 0
+  local pin_keys = {}
+  if pin_ttl > 0 then
+    for i = 10, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
+  end
+  local best = best_candidate()
+  local choice, affinity = best, ''
+  if #pin_keys > 0 then
+    local pinned = pinned_node(pin_keys)
+    if not pinned then
+      affinity = 'new'
+    elseif best ~= nil and best.id == pinned then
+      affinity = 'hit'
+    else
+      choice, affinity = bounded_choice(pinned_candidate(pinned), best, margin)
     end
-    if score == top then break end  -- accurate and full: every node is full
-    update_scores_for(models, pick, score)
+  end
+  if choice ~= nil then
+    if #pin_keys > 0 then write_pins(pin_keys, choice.id, pin_ttl) end
+    return grant(choice, affinity)
   end
 end
 
