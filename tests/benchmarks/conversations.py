@@ -230,6 +230,7 @@ class Stack:
         argv += ["--redis-url", redis_url, "--key-prefix", prefix, "--auth-disabled"]
         argv += ["--heartbeat-interval-s", "1", "--node-timeout-s", "3", "--log-level", "warning"]
         argv += ["--affinity" if affinity else "--no-affinity"]
+        argv += ["--affinity-margin", str(self.args.margin)]
         proc = self.procs.start(name, argv)
         wait_http_ok(proc, f"http://127.0.0.1:{port}/readyz", 30)
         return f"http://127.0.0.1:{port}"
@@ -311,6 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--words", type=int, default=120, help="words per user message")
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    p.add_argument("--margin", type=float, default=0.5, help="the routers' AFFINITY_MARGIN")
     args = p.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     unknown = set(args.modes) - set(MODES)
