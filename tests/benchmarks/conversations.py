@@ -308,7 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--ctx", type=int, default=4096, help="context per slot (tokens)")
+    p.add_argument("--ctx", type=int, default=2048, help="context per slot (tokens)")
     p.add_argument("--words", type=int, default=120, help="words per user message")
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
