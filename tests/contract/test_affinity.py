@@ -213,3 +213,18 @@ async def test_warmth_is_kept_through_release_and_drain(fleet: Fleet) -> None:
         lease = await fleet.lease(M)
         assert lease.node_id == b.node_id
         await fleet.release(lease)
+
+
+async def test_pin_loses_only_to_a_verified_node(fleet: Fleet) -> None:
+    x = await fleet.register("x", [M], max_concurrency=2, score=5000)
+    y = await fleet.register("y", [M], max_concurrency=2, score=100)
+    assert {(await fleet.lease(M)).node_id for _ in range(2)} == {x.node_id, y.node_id}
+    # A node that dies keeps its idle score in the index until an acquire looks at it.
+    short = fleet.with_timing(alive_ttl_ms=150)
+    await fleet.register("dead", [M], max_concurrency=2, registry=short)
+    await sleep_ms(300)
+    await fleet.redis.set(fleet.keys.pin("conv"), x.node_id)
+    # x at 1/2 is more than the margin above the dead node's stale 0, but not above y's
+    # real 1/2: the pin holds.
+    kept = await grant(fleet, pins("conv", margin=250_000))
+    assert (kept.node_id, kept.affinity) == (x.node_id, "hit")
