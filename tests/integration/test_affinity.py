@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from integration.conftest import open_cluster
-from integration.probes import SdkClients
+from integration.probes import SdkClients, registration_body
 from integration.procs import Cluster, Router, SimNode
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -187,15 +187,8 @@ class ManualNode:
 
     def __init__(self, router: Router, port: int, name: str) -> None:
         self.router = router
-        body = {
-            "machine_name": name,
-            "ip_address": "127.0.0.1",
-            "runtime_port": port + 10_000 if port < 55_000 else port - 10_000,
-            "node_api_port": port,
-            "gpu_backend": "cuda",
-            "executable_models": [MODEL],
-            "max_concurrency": 2,
-        }
+        # Registered with the runtime's own port as its API: the router talks to it directly.
+        body = registration_body(name, [MODEL], node_api_port=port, max_concurrency=2)
         answer = httpx.post(f"{router.url}/v0/nodes", json=body, timeout=5)
         answer.raise_for_status()
         self.node_id: str = answer.json()["node_id"]
