@@ -12,9 +12,11 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from llm_router import __version__
-from llm_router.api import nodes, openai, probes
-from llm_router.errors import RouterError, error_body
+from llm_router.api import nodes, openai, probes, proxied
+from llm_router.api.proxied_schema import document_proxied
+from llm_router.errors import RouterError, dialect_body
 from llm_router.fleet import Fleet
+from llm_router.routing.endpoints import dialect_of
 from llm_router.security.guard import Guard
 from llm_router.security.one_key import refuse_ambiguous_credentials
 from llm_router.settings import RouterSettings
@@ -33,20 +35,28 @@ _HTTP_ERROR_TYPES = {
 }
 
 
-def _router_error(_: Request[Any, Any, Any], exc: RouterError) -> Response[dict[str, Any]]:
-    return Response(exc.body(), status_code=exc.status_code, headers=exc.headers)
+# Errors answer in the dialect of the endpoint they happen on (Anthropic's paths speak
+# Anthropic), whether or not a route matched.
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def _router_error(request: Request[Any, Any, Any], exc: RouterError) -> Response[dict[str, Any]]:
+    body = exc.body(dialect_of(request.scope["path"]))
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     error_type, code = _HTTP_ERROR_TYPES.get(status, ("server_error", "internal_error"))
     message = exc.detail if status < 500 else "internal error"
-    return Response(error_body(message, error_type, code), status_code=status)
+    body = dialect_body(dialect_of(request.scope["path"]), message, status, error_type, code)
+    return Response(body, status_code=status)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response(error_body("internal error", "server_error", "internal_error"), status_code=500)
+    dialect = dialect_of(request.scope["path"])
+    body = dialect_body(dialect, "internal error", 500, "server_error", "internal_error")
+    return Response(body, status_code=500)
 
 
 def create_app(settings: RouterSettings, *, store: Store | None = None) -> Litestar:
@@ -64,7 +74,7 @@ def create_app(settings: RouterSettings, *, store: Store | None = None) -> Lites
             await fleet.stop()
 
     app = Litestar(
-        route_handlers=[*nodes.HANDLERS, *openai.HANDLERS, *probes.HANDLERS],
+        route_handlers=[*nodes.HANDLERS, *openai.HANDLERS, *proxied.HANDLERS, *probes.HANDLERS],
         exception_handlers={
             RouterError: _router_error,
             HTTPException: _http_error,
@@ -77,6 +87,7 @@ def create_app(settings: RouterSettings, *, store: Store | None = None) -> Lites
         logging_config=None,
         debug=False,
     )
+    document_proxied(app.openapi_schema)
     app.state.fleet = fleet
     app.state.guard = guard
     return app

@@ -1,18 +1,22 @@
-"""Errors the router raises, and their OpenAI-shaped JSON.
+"""Errors the router raises, and their JSON in the client's API dialect.
 
 Every error a client can see is a ``RouterError``; the app's exception handler turns it
-into ``{"error": {"message", "type", "param", "code"}}`` with its status and headers.
+into ``{"error": {"message", "type", "param", "code"}}`` (OpenAI) or, on the Anthropic
+endpoints, ``{"type": "error", "error": {"type", "message"}}``, with its status and headers.
 Foreign errors (redis-py, aiohttp, httpx, pydantic) are translated at the boundary where
 they occur with ``raise ... from exc``; none of them reaches a client as a traceback.
 
     RouterError                        500 internal_error
     ├── InvalidRequest                 400 invalid_request_error   (names the ``param``)
-    │   └── BodyTooLarge               413 request_too_large
+    │   ├── BodyTooLarge               413 request_too_large
+    │   ├── MethodNotAllowed           405 method_not_allowed
+    │   └── UnsupportedMediaType       415 unsupported_media_type
     ├── AuthError                      401 invalid_api_key
     │   └── Forbidden                  403 permission_denied
     ├── NotFound                       404 not_found
     │   ├── ModelNotFound              404 model_not_found
-    │   └── NodeNotFound               404 node_not_found
+    │   ├── NodeNotFound               404 node_not_found
+    │   └── ResponseNotFound           404 response_not_found
     ├── RateLimited                    429 rate_limit_exceeded    (Retry-After)
     │   └── QueueFull                  429 queue_full             (Retry-After)
     ├── UpstreamError                  502 upstream_error
@@ -21,6 +25,7 @@ they occur with ``raise ... from exc``; none of them reaches a client as a trace
     │   ├── NoCapableNodes             503 no_capable_nodes       (Retry-After)
     │   ├── StateStoreUnavailable      503 state_store_unavailable
     │   └── ShuttingDown               503 shutting_down
+    ├── NotImplementedByFleet          501 endpoint_not_supported
     ├── GatewayTimeout                 504 upstream_timeout
     │   └── QueueTimeout               504 queue_timeout
     └── ClientClosedRequest            499 client_closed_request (nobody is left to read it)
@@ -49,7 +54,9 @@ class RouterError(Exception):
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
 
-    def body(self) -> dict[str, Any]:
+    def body(self, dialect: str = "openai") -> dict[str, Any]:
+        if dialect == "anthropic":
+            return anthropic_error_body(self.message, self.status_code)
         return error_body(self.message, self.error_type, self.code, self.param)
 
 
@@ -57,6 +64,34 @@ def error_body(
     message: str, error_type: str, code: str | None, param: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+#: Anthropic's error types by status (their API documents exactly these).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(message: str, status: int) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type", "message"}}``, as the Anthropic API answers."""
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def dialect_body(
+    dialect: str, message: str, status: int, error_type: str, code: str | None
+) -> dict[str, Any]:
+    """An error object in the client's API shape, for errors that are not ``RouterError``s."""
+    if dialect == "anthropic":
+        return anthropic_error_body(message, status)
+    return error_body(message, error_type, code)
 
 
 class InvalidRequest(RouterError):
@@ -94,6 +129,28 @@ class ModelNotFound(NotFound):
 
 class NodeNotFound(NotFound):
     code = "node_not_found"
+
+
+class ResponseNotFound(NotFound):
+    code = "response_not_found"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class NotImplementedByFleet(RouterError):
+    """Every node serving the model declined this endpoint (it answered 404/405/501)."""
+
+    status_code = 501
+    error_type = "invalid_request_error"
+    code = "endpoint_not_supported"
 
 
 def _retry_after(seconds: float) -> dict[str, str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from llm_router.auth import KeyRing
+from llm_router.errors import StateStoreUnavailable
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.telemetry import Telemetry
 from llm_router.observability.timed_scripts import TimedScripts
@@ -25,7 +26,7 @@ from llm_router.settings import RouterSettings
 from llm_router.state.connect import Store, open_store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import FleetScripts
+from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,14 @@ class Fleet:
                 margin=round(settings.affinity_margin * 1_000_000),
             ),
         )
+
+    async def model_of_response(self, response_id: str) -> str | None:
+        """The model a stored response was created with, if its id is still recorded."""
+        try:
+            raw = await self.store.redis.hget(self.keys.response(response_id), "model")
+        except STORE_DOWN_ERRORS as exc:
+            raise StateStoreUnavailable(f"state store unavailable: {exc}") from exc
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     async def start(self) -> None:
         await self.proxy.start()

@@ -104,6 +104,8 @@ class Fleet:
         queue_max: int = 64,
         ticket_ttl_ms: int = 30_000,
         forget_ms: int | None = None,
+        family: str = "",
+        response_id: str = "",
         affinity: Affinity = NO_AFFINITY,
     ) -> AcquireResult:
         return await self.scripts.acquire(
@@ -114,6 +116,8 @@ class Fleet:
             queue_max=queue_max,
             ticket_ttl_ms=ticket_ttl_ms,
             forget_ms=forget_ms if forget_ms is not None else self.config.forget_ms,
+            family=family,
+            response_id=response_id,
             affinity=affinity,
         )
 

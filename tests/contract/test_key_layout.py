@@ -15,7 +15,7 @@ from contract.fleet import Fleet, sleep_ms
 from llm_router.state.connect import Store, open_store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import Affinity, FleetScripts, Granted, Queued
+from llm_router.state.scripts import Affinity, Ending, FleetScripts, Granted, Queued
 from redis_server import RedisServer
 
 #: A database no other test uses; emptied before the scenario.
@@ -24,6 +24,7 @@ LAYOUT_DB = 9
 PIN = "0123456789abcdef01234567"
 MODELS = ["llama3:8b", "org/mistral-7b.gguf", "phi-3-mlx", "never-asked"]
 INSTALLED_ONLY = "weights-awq"
+RESPONSE_ID = "resp_layout"
 
 
 @pytest.fixture
@@ -56,7 +57,13 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
         keys.pin(PIN),
     }
     for node_id in node_ids:
-        out |= {keys.node(node_id), keys.leases(node_id), keys.excluded(node_id)}
+        out |= {
+            keys.node(node_id),
+            keys.leases(node_id),
+            keys.excluded(node_id),
+            keys.unsupported(node_id),
+        }
+    out.add(keys.response(RESPONSE_ID))
     for model in models:
         out |= {
             keys.model_nodes(model),
@@ -94,6 +101,16 @@ async def _scenario(fleet: Fleet) -> tuple[list[str], list[str]]:
     for lease in leases[1:]:
         await fleet.release(lease)
     assert isinstance(await fleet.acquire(MODELS[0], ticket="w1"), Granted)
+    # A node declining an endpoint family, and one recording a stored response.
+    declined = await fleet.lease(MODELS[1], family="embeddings")
+    await fleet.scripts.release_many(
+        [Ending(declined.node_id, declined.lease_id, cooldown_ms=60_000, refused_family="rerank")]
+    )
+    made = await fleet.lease(MODELS[1])
+    await fleet.scripts.release_many(
+        [Ending(made.node_id, made.lease_id, response_id=RESPONSE_ID, response_model=MODELS[1])]
+    )
+    await fleet.acquire(MODELS[1], response_id=RESPONSE_ID)
     # Equal nodes for a model exercise the rotation counter.
     for _ in range(3):
         await fleet.release(await fleet.lease(MODELS[1]))

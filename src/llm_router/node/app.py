@@ -1,6 +1,7 @@
 """The node-side OpenAI API: ``/v1/models`` for this backend, the rest proxied to the runtime.
 
-``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` are raw-ASGI routes:
+Every endpoint of the router's table (``routing.endpoints``) is a raw-ASGI route here, with
+its method (``GET``/``DELETE`` of a stored response too) and body (JSON or multipart):
 the body goes to the runtime byte-for-byte and the reply (SSE included) comes back chunk by
 chunk as the runtime produces it. A request counts in ``active_requests`` from the moment
 it is accepted until its last byte is sent or the client leaves.
@@ -22,6 +23,8 @@ from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.response import Response
 
+from llm_router.api.form import form_field
+from llm_router.errors import InvalidRequest
 from llm_router.node.asgi import (
     BodyTooLarge,
     ClientGone,
@@ -35,14 +38,18 @@ from llm_router.node.asgi import (
     send_json,
 )
 from llm_router.node.state import NodeState
+from llm_router.routing.endpoints import Endpoint, ModelFrom, match, routes, serves
 
 log = logging.getLogger("llm_router.node")
 
-PROXIED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+#: Every path (pattern) the agent forwards to its runtime: the router's endpoint table.
+PROXIED_PATHS = tuple(routes())
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 # Sent on to the runtime. The client's Authorization is for the router, not the runtime.
-_FORWARD_REQUEST_HEADERS = frozenset({b"content-type", b"accept", b"x-request-id"})
+_FORWARD_REQUEST_HEADERS = frozenset(
+    {b"content-type", b"accept", b"x-request-id", b"anthropic-version", b"anthropic-beta"}
+)
 # Hop-by-hop, or set by our own server.
 _DROP_RESPONSE_HEADERS = frozenset(
     {
@@ -72,6 +79,24 @@ def model_of(body: bytes) -> tuple[str | None, str | None]:
     if not isinstance(model, str) or not model:
         return None, "'model' is required and must be a non-empty string"
     return model, None
+
+
+def _content_type(scope: Scope) -> str:
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _model_in(endpoint: Endpoint, body: bytes, content_type: str) -> tuple[str | None, str | None]:
+    """The model of a JSON body, or of the ``model`` field of a multipart form."""
+    if endpoint.model_from is ModelFrom.FORM and content_type.startswith("multipart/form-data"):
+        try:
+            model = form_field(body, content_type, "model")
+        except InvalidRequest as exc:
+            return None, exc.message
+        return (model, None) if model else (None, "the form has no 'model' field")
+    return model_of(body)
 
 
 class RuntimeProxy:
@@ -106,9 +131,13 @@ class RuntimeProxy:
             self._session = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            await send_error(send, 405, "use POST", "invalid_request_error", "method_not_allowed")
+        found = match(scope["method"], scope["path"])
+        if found is None:
+            await send_error(
+                send, 405, "method not allowed", "invalid_request_error", "method_not_allowed"
+            )
             return
+        endpoint = found[0]
         try:
             body = await read_body(receive, MAX_BODY_BYTES)
         except BodyTooLarge:
@@ -118,7 +147,11 @@ class RuntimeProxy:
             return
         except ClientGone:
             return
-        model, problem = model_of(body)
+        if endpoint.model_from is ModelFrom.RESPONSE_ID:
+            # No model to check: the runtime knows its own stored responses.
+            await self._counted(scope, receive, send, body)
+            return
+        model, problem = _model_in(endpoint, body, _content_type(scope))
         if model is None:
             await send_error(
                 send,
@@ -145,6 +178,9 @@ class RuntimeProxy:
                 "model",
             )
             return
+        await self._counted(scope, receive, send, body)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         started = self.state.begin()
         try:
             await self._forward(scope, receive, send, body)
@@ -175,14 +211,17 @@ class RuntimeProxy:
 
     async def _relay(self, scope: Scope, send: Send, body: bytes, gone: asyncio.Event) -> None:
         assert self._session is not None, "node API used outside its lifespan"
-        url = self.runtime_url + scope["path"]
+        query = scope.get("query_string", b"")
+        url = self.runtime_url + scope["path"] + ("?" + query.decode("latin-1") if query else "")
         headers = {
             k.decode("latin-1"): v.decode("latin-1")
             for k, v in scope["headers"]
             if k in _FORWARD_REQUEST_HEADERS
         }
         try:
-            response = await self._session.post(url, data=body, headers=headers)
+            response = await self._session.request(
+                scope["method"], url, data=body or None, headers=headers
+            )
         except aiohttp.ClientConnectorError as exc:
             await send_error(
                 send,
@@ -265,7 +304,7 @@ class NodeAPI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if path in PROXIED_PATHS:
+            if serves(path):
                 await self.proxy(scope, receive, send)
                 return
             if path.startswith("/v1/models/") and scope["method"] == "GET":

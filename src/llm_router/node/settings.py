@@ -157,6 +157,14 @@ class SimNodeSettings(AgentSettings):
     fail_after_n: int = Field(
         default=0, ge=0, description="serve this many requests normally before failing"
     )
+    refuse_families: str = Field(
+        default="",
+        max_length=200,
+        description="comma-separated endpoint families answered 501, as by a runtime built "
+        "without them (chat, completions, embeddings, responses, messages, rerank, audio, "
+        "speech, images), or single endpoints as 'METHOD /path' (e.g. 'GET "
+        "/v1/responses/{response_id}')",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -21,13 +21,23 @@ from llm_router.errors import (
     ClientClosedRequest,
     ModelNotFound,
     NoCapableNodes,
+    NotImplementedByFleet,
     QueueFull,
     QueueTimeout,
+    ResponseNotFound,
     RouterError,
     ShuttingDown,
 )
 from llm_router.routing.queue import CapacityEvents, Waiter
-from llm_router.state.scripts import NO_AFFINITY, Affinity, FleetScripts, Granted, Queued, Refused
+from llm_router.state.scripts import (
+    NO_AFFINITY,
+    Affinity,
+    Ending,
+    FleetScripts,
+    Granted,
+    Queued,
+    Refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,19 @@ class Limits:
     forget_ms: int
     retry_after_s: float
     poll_interval_s: float = 0.5
+    response_ttl_ms: int = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Want:
+    """What a request needs from a node besides the model: an endpoint family the node has
+    not declined lately, and (for a stored response) the one node that holds it."""
+
+    family: str = ""
+    response_id: str = ""
+
+
+ANY = Want()
 
 
 @dataclass(frozen=True)
@@ -61,7 +84,7 @@ class Dispatcher:
         self._leases: dict[str, str] = {}
         self._renewer: asyncio.Task[None] | None = None
         # Leases ended but not yet released in Redis, and the flushes sending them.
-        self._ending: list[tuple[str, str, str, int]] = []
+        self._ending: list[Ending] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self.closing = False
 
@@ -73,6 +96,7 @@ class Dispatcher:
         self,
         model: str,
         client_gone: Callable[[], Awaitable[object]] | None = None,
+        want: Want = ANY,
         affinity: Affinity = NO_AFFINITY,
     ) -> Lease:
         """A lease on a node for ``model``, queueing if needed.
@@ -84,14 +108,16 @@ class Dispatcher:
         if self.closing:
             raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
         ticket = uuid.uuid4().hex
-        result = await self._try(model, ticket, affinity)
+        result = await self._try(model, ticket, want, affinity)
         if isinstance(result, Granted):
             return self._hold(result, queued_ms=None)
         if isinstance(result, Refused):
-            raise self._refusal(model, result)
-        return await self._wait(model, ticket, result, client_gone, affinity)
+            raise self._refusal(model, result, want)
+        return await self._wait(model, ticket, result, client_gone, want, affinity)
 
-    async def _try(self, model: str, ticket: str, affinity: Affinity) -> Granted | Queued | Refused:
+    async def _try(
+        self, model: str, ticket: str, want: Want, affinity: Affinity
+    ) -> Granted | Queued | Refused:
         return await self._scripts.acquire(
             model=model,
             lease_id=uuid.uuid4().hex,
@@ -100,6 +126,8 @@ class Dispatcher:
             queue_max=self._limits.queue_max,
             ticket_ttl_ms=self._limits.ticket_ttl_ms,
             forget_ms=self._limits.forget_ms,
+            family=want.family,
+            response_id=want.response_id,
             affinity=affinity,
         )
 
@@ -114,7 +142,17 @@ class Dispatcher:
         self._leases[lease.lease_id] = lease.node_id
         return lease
 
-    def _refusal(self, model: str, refused: Refused) -> RouterError:
+    def _refusal(self, model: str, refused: Refused, want: Want) -> RouterError:
+        if refused.reason == "response_gone":
+            return ResponseNotFound(
+                f"No response found with id '{want.response_id}' (the node that stored it "
+                "is gone, or the id is unknown or expired)",
+                param="previous_response_id",
+            )
+        if refused.reason == "unsupported":
+            return NotImplementedByFleet(
+                f"No node serving model '{model}' supports the '{want.family}' endpoints"
+            )
         if refused.reason == "not_found":
             return ModelNotFound(f"The model '{model}' does not exist", param="model")
         if refused.reason == "queue_full":
@@ -135,6 +173,7 @@ class Dispatcher:
         ticket: str,
         queued: Queued,
         client_gone: Callable[[], Awaitable[object]] | None,
+        want: Want,
         affinity: Affinity,
     ) -> Lease:
         started = time.monotonic()
@@ -163,13 +202,13 @@ class Dispatcher:
                 waiter.wake.clear()
                 if waiter.abandoned:
                     continue
-                result = await self._try(model, ticket, affinity)
+                result = await self._try(model, ticket, want, affinity)
                 if isinstance(result, Granted):
                     granted = True
                     return self._hold(result, (time.monotonic() - started) * 1000)
                 if isinstance(result, Refused):
                     granted = True  # the script already took the ticket out
-                    raise self._refusal(model, result)
+                    raise self._refusal(model, result, want)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -187,21 +226,19 @@ class Dispatcher:
             waiter.abandoned = True
             waiter.wake.set()
 
-    async def release(self, lease: Lease, *, exclude_model: str = "", cooldown_ms: int = 0) -> None:
-        """Release now and wait for it: a failover must not pick the excluded node again."""
+    async def release(self, lease: Lease, ending: Ending | None = None) -> None:
+        """Release now and wait for it: a failover must not pick the excluded node again,
+        and a recorded response id must be in Redis before its client can name it."""
         self._leases.pop(lease.lease_id, None)
         try:
-            await self._scripts.release(
-                node_id=lease.node_id,
-                lease_id=lease.lease_id,
-                exclude_model=exclude_model,
-                cooldown_ms=cooldown_ms,
+            await self._scripts.release_many(
+                [ending or Ending(lease.node_id, lease.lease_id)], self._limits.response_ttl_ms
             )
         except RouterError as exc:
             # The lease expires by itself; nothing is lost but a little capacity for a while.
             log.warning("could not release lease %s on %s: %s", lease.lease_id, lease.node_id, exc)
 
-    def release_soon(self, lease: Lease) -> None:
+    def release_soon(self, lease: Lease, ending: Ending | None = None) -> None:
         """End a lease without making the client wait for Redis.
 
         Leases ended in the same turn of the event loop go out in one script call, so a busy
@@ -209,7 +246,7 @@ class Dispatcher:
         """
         if self._leases.pop(lease.lease_id, None) is None:
             return
-        self._ending.append((lease.node_id, lease.lease_id, "", 0))
+        self._ending.append(ending or Ending(lease.node_id, lease.lease_id))
         if len(self._ending) == 1:
             task = asyncio.get_running_loop().create_task(self._flush_releases())
             self._flushes.add(task)
@@ -219,7 +256,7 @@ class Dispatcher:
         await asyncio.sleep(0)  # let the rest of this loop turn add its releases
         batch, self._ending = self._ending, []
         try:
-            await self._scripts.release_many(batch)
+            await self._scripts.release_many(batch, self._limits.response_ttl_ms)
         except RouterError as exc:
             log.warning("could not release %d leases: %s (they will expire)", len(batch), exc)
 

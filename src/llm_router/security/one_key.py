@@ -11,6 +11,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from llm_router.auth import ambiguous_credentials
+from llm_router.routing.endpoints import dialect_of
 
 
 def refuse_ambiguous_credentials(app: ASGIApp) -> ASGIApp:
@@ -20,7 +21,7 @@ def refuse_ambiguous_credentials(app: ASGIApp) -> ASGIApp:
         if problem is None:
             await app(scope, receive, send)
             return
-        body = orjson.dumps(problem.body())
+        body = orjson.dumps(problem.body(dialect_of(scope["path"])))
         await send(
             {
                 "type": "http.response.start",

@@ -52,6 +52,9 @@ def sim_config(settings: SimNodeSettings) -> SimConfig:
         fail_mode=settings.fail_mode,
         fail_rate=settings.fail_rate,
         fail_after_n=settings.fail_after_n,
+        refuse_families=frozenset(
+            f.strip() for f in settings.refuse_families.split(",") if f.strip()
+        ),
     )
 
 

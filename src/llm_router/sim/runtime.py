@@ -1,5 +1,9 @@
 """A simulated OpenAI-compatible inference runtime (raw ASGI, cheap enough for benchmarks).
 
+It answers every endpoint of the router's table (``routing.endpoints``): chat, completions,
+embeddings, Responses (stored and answered by id, as vLLM does), Anthropic Messages,
+rerank and score, audio (multipart uploads, speech as audio bytes) and images; told to, it
+declines whole endpoint families with 501, as a runtime built without them does.
 Replies are deterministic: the text names the node and echoes the requested model id,
 embeddings are derived from a hash of the input. Timing follows ``ttft_ms`` (also for
 non-streaming replies) and ``tokens_per_s``. It answers 429 beyond ``max_concurrency`` and,
@@ -21,6 +25,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_router.api.form import form_parts
+from llm_router.errors import InvalidRequest
 from llm_router.node.asgi import (
     JSON_HEADERS,
     BodyTooLarge,
@@ -34,6 +40,8 @@ from llm_router.node.asgi import (
     send_json,
 )
 from llm_router.node.settings import FailMode
+from llm_router.routing.endpoints import Endpoint, match, serves
+from llm_router.sim import replies
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_TOKENS_CAP = 4096
@@ -56,6 +64,8 @@ class SimConfig:
     fail_mode: FailMode = FailMode.NONE
     fail_rate: float = 1.0
     fail_after_n: int = 0
+    #: Endpoint families (or single "METHOD /path" rows) answered 501 ("not implemented").
+    refuse_families: frozenset[str] = frozenset()
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -78,11 +88,7 @@ def embedding_for(model: str, text: str, dimensions: int = EMBEDDING_DIM) -> lis
     return [round(v / norm, 6) for v in values]
 
 
-class _Bad(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+_Bad = replies.BadRequest
 
 
 def _requested_tokens(body: dict[str, Any], default: int) -> int:
@@ -107,6 +113,33 @@ def _embedding_inputs(raw: Any) -> list[str]:
         if all(isinstance(x, list) for x in raw):
             return [json.dumps(x) for x in raw]
     raise _Bad("'input' must be a string, a list of strings or a list of token arrays", "input")
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
+    """A JSON object, or a multipart form as {field: text, file field: (name, bytes)}."""
+    if content_type.lower().startswith("multipart/form-data"):
+        try:
+            parts = form_parts(raw, content_type)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from exc
+        return {
+            name: (filename, data) if filename is not None else data.decode(errors="replace")
+            for name, (filename, data) in parts.items()
+        }
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
 
 
 async def _client_left(receive: Receive) -> None:
@@ -140,6 +173,9 @@ class SimRuntime:
         self.active = 0
         self.requests = 0
         self._ids = itertools.count(1)
+        # Node-unique ids: two simulated nodes never mint the same response id.
+        self._id_prefix = hashlib.sha256(config.node_name.encode()).hexdigest()[:8]
+        self.stored: dict[str, dict[str, Any]] = {}
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -154,13 +190,33 @@ class SimRuntime:
             await send_json(send, 200, self._models())
         elif method == "GET" and path in {"/health", "/healthz"}:
             await send_json(send, 200, {"status": "ok", "active": self.active})
-        elif path in {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}:
-            if method != "POST":
-                await send_error(send, 405, "use POST", "invalid_request_error", None)
-                return
-            await self._generate(path, receive, send)
         else:
-            await send_error(send, 404, f"no route {path}", "invalid_request_error", "not_found")
+            await self._endpoint(scope, receive, send)
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        found = match(method, path)
+        if found is None:
+            if serves(path):
+                await send_error(send, 405, f"{method} not allowed", "invalid_request_error", None)
+            else:
+                await send_error(send, 404, "File Not Found", "not_found_error", None)
+            return
+        endpoint, path_id = found
+        refused = self.config.refuse_families
+        if endpoint.family in refused or f"{endpoint.method} {endpoint.path}" in refused:
+            await send_error(
+                send,
+                501,
+                f"{endpoint.family} is not supported by this server",
+                "not_supported",
+                None,
+            )
+            return
+        if path_id:
+            await self._by_id(endpoint, path_id, receive, send)
+            return
+        await self._generate(endpoint, scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -189,7 +245,10 @@ class SimRuntime:
         k = n - cfg.fail_after_n
         return math.floor(k * cfg.fail_rate) > math.floor((k - 1) * cfg.fail_rate)
 
-    async def _generate(self, path: str, receive: Receive, send: Send) -> None:
+    async def _generate(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        path = endpoint.path
         try:
             raw = await read_body(receive, MAX_BODY_BYTES)
         except BodyTooLarge:
@@ -198,11 +257,9 @@ class SimRuntime:
         except ClientGone:
             return
         try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError
-        except ValueError:
-            await send_error(send, 400, "body must be a JSON object", "invalid_request_error", None)
+            body = _parse_body(raw, _header(scope, b"content-type"))
+        except ValueError as exc:
+            await send_error(send, 400, str(exc), "invalid_request_error", None)
             return
         model = body.get("model")
         if not isinstance(model, str) or model not in self.config.models:
@@ -237,8 +294,11 @@ class SimRuntime:
         try:
             if path == "/v1/embeddings":
                 reply = self._embeddings(body, model, receive, send, failing)
-            else:
+            elif path in ("/v1/chat/completions", "/v1/completions"):
                 reply = self._completion(path, body, model, receive, send, failing)
+            else:
+                version = _header(scope, b"anthropic-version")
+                reply = self._other(endpoint, body, model, receive, send, failing, version)
             await _unless_client_leaves(reply, receive)
         except _Bad as bad:
             await send_error(send, 400, bad.message, "invalid_request_error", None, bad.param)
@@ -246,6 +306,142 @@ class SimRuntime:
             self.active -= 1
 
     # -- replies -------------------------------------------------------------------------
+
+    def _new_id(self, kind: str) -> str:
+        return f"{kind}_{self._id_prefix}{next(self._ids):08d}"
+
+    async def _by_id(self, endpoint: Endpoint, ident: str, receive: Receive, send: Send) -> None:
+        """GET, DELETE and cancel of a stored response: only the node that made it knows it."""
+        with contextlib.suppress(BodyTooLarge, ClientGone):
+            await read_body(receive, MAX_BODY_BYTES)
+        stored = self.stored.get(ident)
+        if stored is None:
+            await send_error(
+                send, 404, f"Response with id '{ident}' not found.", "invalid_request_error", None
+            )
+            return
+        if endpoint.method == "DELETE":
+            del self.stored[ident]
+            await send_json(send, 200, {"id": ident, "object": "response", "deleted": True})
+            return
+        if endpoint.path.endswith("/cancel"):
+            stored["status"] = "cancelled"
+        await send_json(send, 200, stored, [(b"x-sim-node", self.config.node_name.encode())])
+
+    async def _other(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        model: str,
+        receive: Receive,
+        send: Send,
+        failing: bool,
+        anthropic_version: str,
+    ) -> None:
+        """Every endpoint past chat, completions and embeddings."""
+        await asyncio.sleep(self.config.ttft_ms / 1000.0)
+        headers = [(b"x-sim-node", self.config.node_name.encode())]
+        if anthropic_version:
+            # Echoed so that a test can see the header crossed the router and the agent.
+            headers.append((b"x-sim-anthropic-version", anthropic_version.encode("latin-1")))
+        path = endpoint.path
+        count = _requested_tokens(body, self.config.max_tokens_default)
+        if path == "/v1/messages":  # Anthropic's max_tokens is a cap, not a length
+            count = min(count, self.config.max_tokens_default)
+        tokens = tokens_for(self.config.node_name, model, count)
+        if path == "/v1/responses":
+            previous = body.get("previous_response_id")
+            if previous is not None and previous not in self.stored:
+                message = f"Response with id '{previous}' not found."
+                await send_error(send, 404, message, "invalid_request_error", None)
+                return
+            if previous is not None:
+                tokens[0] += f" Continuing {previous}."
+            done = replies.response_object(self._new_id("resp"), model, "".join(tokens), body)
+            if done["store"]:
+                self.stored[done["id"]] = done
+            if body.get("stream") is True:
+                await self._events(
+                    receive, send, replies.response_events(done, tokens), failing, headers
+                )
+            else:
+                await send_json(send, 200, done, headers)
+        elif path == "/v1/messages":
+            done = replies.message_object(self._new_id("msg"), model, "".join(tokens), body)
+            if body.get("stream") is True:
+                await self._events(
+                    receive, send, replies.message_events(done, tokens), failing, headers
+                )
+            else:
+                await send_json(send, 200, done, headers)
+        elif path == "/v1/audio/speech":
+            audio = replies.speech(str(body.get("input", "")))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"audio/wav"), *headers],
+                }
+            )
+            await send({"type": "http.response.body", "body": audio})
+        elif path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            upload = body.get("file")
+            if not isinstance(upload, tuple):
+                raise _Bad("'file' must be an uploaded file", "file")
+            text = replies.transcript(
+                self.config.node_name, model, upload[0] or "audio", upload[1], "transl" in path
+            )
+            if body.get("response_format") == "text":
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"), *headers],
+                    }
+                )
+                await send({"type": "http.response.body", "body": text.encode()})
+            else:
+                await send_json(send, 200, {"text": text}, headers)
+        else:
+            await send_json(send, 200, self._payload(path, body, model), headers)
+
+    def _payload(self, path: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+        if path in ("/v1/rerank", "/rerank"):
+            return replies.rerank(self._new_id("rerank"), model, body)
+        if path == "/v1/score":
+            return replies.score(self._new_id("score"), model, body)
+        if path == "/v1/images/generations":
+            return replies.images(body)
+        if path == "/v1/messages/count_tokens":
+            return {"input_tokens": replies.count_words(body.get("messages", ""))}
+        # /v1/responses/input_tokens
+        return {
+            "object": "response.input_tokens",
+            "input_tokens": replies.count_words(body.get("input", "")),
+        }
+
+    async def _events(
+        self,
+        receive: Receive,
+        send: Send,
+        events: list[tuple[str, dict[str, Any]]],
+        failing: bool,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """A named-event SSE stream (Responses and Messages); a failing one dies midway."""
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers}
+        )
+        gap = 1.0 / self.config.tokens_per_s
+        for i, (kind, data) in enumerate(events):
+            if failing and i == len(events) // 2:
+                await abort_connection(receive, send)
+                return
+            line = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+            if kind.endswith("delta"):
+                await asyncio.sleep(gap)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _completion(
         self,
@@ -258,6 +454,8 @@ class SimRuntime:
     ) -> None:
         chat = path == "/v1/chat/completions"
         count = _requested_tokens(body, self.config.max_tokens_default)
+        if path == "/v1/messages":  # Anthropic's max_tokens is a cap, not a length
+            count = min(count, self.config.max_tokens_default)
         tokens = tokens_for(self.config.node_name, model, count)
         finish = "length" if "max_tokens" in body or "max_completion_tokens" in body else "stop"
         stream = body.get("stream") is True

@@ -98,6 +98,15 @@ class Keys:
         """string: node id that last served requests with this affinity key (TTL)."""
         return f"{self.base}pin:{affinity_key}"
 
+    def unsupported(self, node_id: str) -> str:
+        """zset: endpoint family → end of the cool-down during which the node is not asked
+        for it (it answered 404/405/501 for the endpoint itself)."""
+        return f"{self.base}unsupported:{node_id}"
+
+    def response(self, response_id: str) -> str:
+        """hash {node, model}, with a TTL: the node that created a stored response."""
+        return f"{self.base}response:{response_id}"
+
     @property
     def events(self) -> str:
         """pub/sub channel: model ids whose capacity was freed (queue wake-ups)."""

@@ -101,8 +101,32 @@ class Queued:
 
 @dataclass(frozen=True)
 class Refused:
-    reason: Literal["queue_full", "no_capable", "not_found"]
+    reason: Literal["queue_full", "no_capable", "not_found", "unsupported", "response_gone"]
     queue_length: int = 0
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A lease to end, and what the attempt it served taught us about the node."""
+
+    node_id: str
+    lease_id: str
+    exclude_model: str = ""  # the attempt failed before any byte: cool the pair down
+    cooldown_ms: int = 0
+    refused_family: str = ""  # the node does not serve this endpoint family
+    response_id: str = ""  # the node created this stored response ...
+    response_model: str = ""  # ... with this model
+
+    def args(self) -> tuple[str, str, str, int, str, str, str]:
+        return (
+            self.node_id,
+            self.lease_id,
+            self.exclude_model,
+            self.cooldown_ms,
+            self.refused_family,
+            self.response_id,
+            self.response_model,
+        )
 
 
 AcquireResult = Granted | Queued | Refused
@@ -131,6 +155,9 @@ class ModelList:
     made_ms: int
     entries: list[ModelEntry]
 
+
+#: How long a stored response's id keeps pointing at the node that created it.
+RESPONSE_TTL_MS = 24 * 3600 * 1000
 
 #: Scripts on every proxied request: they take the lean shared connection when there is one.
 _HOT_PATH = frozenset({"acquire", "release"})
@@ -252,6 +279,8 @@ class FleetScripts:
         queue_max: int,
         ticket_ttl_ms: int,
         forget_ms: int,
+        family: str = "",
+        response_id: str = "",
         affinity: Affinity = NO_AFFINITY,
     ) -> AcquireResult:
         result = await self._call(
@@ -263,6 +292,8 @@ class FleetScripts:
             queue_max,
             ticket_ttl_ms,
             forget_ms,
+            family,
+            response_id,
             affinity.ttl_ms if affinity.keys else 0,
             affinity.margin,
             *affinity.keys,
@@ -282,21 +313,31 @@ class FleetScripts:
             return Queued(position=int(result[1]), arrival_us=int(_text(result[2])))
         if kind == "queue_full":
             return Refused("queue_full", queue_length=int(result[1]))
-        if kind in ("no_capable", "not_found"):
+        if kind in ("no_capable", "not_found", "unsupported", "response_gone"):
             return Refused(kind)  # type: ignore[arg-type]
         raise RuntimeError(f"acquire script returned {result!r}")
 
     async def release(
-        self, *, node_id: str, lease_id: str, exclude_model: str = "", cooldown_ms: int = 0
+        self,
+        *,
+        node_id: str,
+        lease_id: str,
+        exclude_model: str = "",
+        cooldown_ms: int = 0,
+        response_ttl_ms: int = RESPONSE_TTL_MS,
     ) -> int:
-        (in_flight,) = await self.release_many([(node_id, lease_id, exclude_model, cooldown_ms)])
+        (in_flight,) = await self.release_many(
+            [Ending(node_id, lease_id, exclude_model, cooldown_ms)], response_ttl_ms
+        )
         return in_flight
 
-    async def release_many(self, leases: Sequence[tuple[str, str, str, int]]) -> list[int]:
-        """End (node id, lease id, model to exclude or "", cool-down ms) leases at once."""
-        args: list[str | int] = [len(leases)]
+    async def release_many(
+        self, leases: Sequence[Ending], response_ttl_ms: int = RESPONSE_TTL_MS
+    ) -> list[int]:
+        """End leases at once; each carries what its attempt taught (see ``Ending``)."""
+        args: list[str | int] = [len(leases), response_ttl_ms]
         for lease in leases:
-            args += lease
+            args += lease.args()
         return [int(n) for n in await self._call("release", *args)]
 
     async def renew(

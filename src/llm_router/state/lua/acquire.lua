@@ -8,9 +8,12 @@
 -- ARGV[5]  queue_max: a fresh arrival that finds no slot is queued unless this many wait
 -- ARGV[6]  ticket TTL (ms): a ticket its waiter stops renewing dies after this
 -- ARGV[7]  forget-after (ms): how long a model stays "known" after its last advertisement
--- ARGV[8]  affinity pin TTL (ms); 0 or absent: affinity off for this request
--- ARGV[9]  affinity margin, in utilisation units (1e6 = a whole node)
--- ARGV[10..] affinity keys, most specific first (none: no affinity)
+-- ARGV[8]  endpoint family, or "": nodes that recently declined it (404/405/501) are skipped
+-- ARGV[9]  stored response id, or "": the request must go to the node that created it, and
+--          only there (a hard constraint, not a preference)
+-- ARGV[10] affinity pin TTL (ms); 0 or absent: affinity off for this request
+-- ARGV[11] affinity margin, in utilisation units (1e6 = a whole node)
+-- ARGV[12..] affinity keys, most specific first (none: no affinity)
 -- Returns
 --   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity}
 --       affinity: "" (no keys), "new" (no pin), "hit", or "moved:unavailable|full|loaded"
@@ -18,6 +21,8 @@
 --   {"queue_full", length}
 --   {"no_capable"}                     known model, no node that could take it at all
 --   {"not_found"}                      no node advertised the model within forget-after
+--   {"unsupported"}                    every capable node declined this endpoint family
+--   {"response_gone"}                  ARGV[9] is unknown, or its node is no longer alive
 --
 -- FIFO: while anyone is queued for the model, only the head of the queue may take a slot;
 -- fresh arrivals join the back. Dead tickets (waiter's replica gone) are pruned first so
@@ -25,8 +30,31 @@
 
 local model, lease_id, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ticket, queue_max, ticket_ttl = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local family, response_id = ARGV[8] or '', ARGV[9] or ''
 local now = now_ms()
 local qkey, qalive = k_queue(model), k_queue_alive(model)
+
+local function leave_queue(queued)
+  if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
+    redis.call('ZREM', qalive, ticket)
+    -- The next in line may find a slot too (or have to give up); let its replica look.
+    if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
+  end
+end
+
+local stored_on = nil
+if response_id ~= '' then
+  stored_on = redis.call('HGET', k_response(response_id), 'node')
+  if not stored_on or tonumber(redis.call('ZSCORE', k_alive(), stored_on) or '0') <= now then
+    leave_queue(redis.call('ZCARD', qkey))
+    return {'response_gone'}
+  end
+end
+
+local function refuses(id)
+  if family == '' then return false end
+  return tonumber(redis.call('ZSCORE', k_unsupported(id), family) or '0') > now
+end
 
 local function prune_dead_tickets()
   local dead = redis.call('ZRANGE', qalive, '-inf', now, 'BYSCORE')
@@ -71,14 +99,22 @@ end
 -- (lazy repair; the next heartbeat re-adds it once eligible) and a stale score is
 -- rewritten; either way the loop looks again. The common case is one pass.
 local load_key = k_model_load(model)
-local any_capable = false
+local any_capable, any_refusing = false, false
 
 local function best_candidate()
+  local skipped, nskipped = {}, 0
   for _ = 1, 16 do
-    -- The best few entries in one read; those sharing the best stored score form the
-    -- rotation pool.
-    local head = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, 8,
-      'WITHSCORES')
+    -- The best few entries in one read, minus the nodes already looked past; those sharing
+    -- the best stored score form the rotation pool.
+    local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0,
+      8 + nskipped, 'WITHSCORES')
+    local head = {}
+    for i = 1, #raw, 2 do
+      if not skipped[raw[i]] then
+        head[#head + 1] = raw[i]
+        head[#head + 1] = raw[i + 1]
+      end
+    end
     if #head == 0 then return nil end
     local top = tonumber(head[2])
     local pick = head[1]
@@ -92,6 +128,10 @@ local function best_candidate()
     local f = usable(pick)
     if not f then
       redis.call('ZREM', load_key, pick)
+    elseif refuses(pick) then
+      -- It declined this endpoint family lately: look past it, but leave the index alone
+      -- (its other endpoints still route here).
+      skipped[pick], nskipped, any_refusing = true, nskipped + 1, true
     else
       any_capable = true
       local c = candidate(pick, f)
@@ -104,7 +144,8 @@ local function best_candidate()
 end
 
 -- The pinned node as a candidate, or nil when it cannot take this model now (gone, drained,
--- excluded, no longer serving it). A stale index entry is repaired as above.
+-- excluded, no longer serving it, declining this endpoint). A stale index entry is
+-- repaired as above.
 local function pinned_candidate(id)
   if not redis.call('ZSCORE', load_key, id) then return nil end
   local f = usable(id)
@@ -112,6 +153,7 @@ local function pinned_candidate(id)
     redis.call('ZREM', load_key, id)
     return nil
   end
+  if refuses(id) then return nil end
   any_capable = true
   return candidate(id, f)
 end
@@ -120,12 +162,19 @@ local function grant(c, affinity)
   redis.call('ZADD', k_leases(c.id), now + lease_ttl, lease_id)
   local inflight = c.inflight + 1
   update_scores_for(decode_list(c.f[6]), c.id, (score_of(c.f, inflight)), c.warm)
-  if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
-    redis.call('ZREM', qalive, ticket)
-    -- The next in line may find a slot too; let its replica look.
-    if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
-  end
+  leave_queue(queued)
   return {'ok', c.id, c.f[7], c.f[8], inflight, c.maxc, affinity}
+end
+
+-- A stored response lives on one node: that node or nothing (its liveness was checked
+-- above; draining does not stop it answering for what it already holds).
+if stored_on then
+  if my_turn then
+    local f = routing_fields(stored_on)
+    local c = candidate(stored_on, f)
+    if c.inflight < c.maxc then return grant(c, '') end
+  end
+  my_turn, any_capable = false, true
 end
 
 -- Utilisation of the best stored score (lazily repaired, so a bound, not a verified fact).
@@ -153,10 +202,10 @@ local function choose(pin_keys, margin)
 end
 
 if my_turn then
-  local pin_ttl, margin = tonumber(ARGV[8] or '0') or 0, tonumber(ARGV[9] or '0') or 0
+  local pin_ttl, margin = tonumber(ARGV[10] or '0') or 0, tonumber(ARGV[11] or '0') or 0
   local pin_keys = {}
   if pin_ttl > 0 then
-    for i = 10, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
+    for i = 12, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
   end
   local choice, affinity
   if #pin_keys > 0 then
@@ -182,10 +231,8 @@ if not my_turn or any_capable then
 end
 
 -- Nobody can take it. A waiter whose last capable node vanished leaves the queue too.
-if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
-  redis.call('ZREM', qalive, ticket)
-  if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
-end
+leave_queue(queued)
+if any_refusing then return {'unsupported'} end
 local known = redis.call('ZSCORE', k_known(), model)
 if known and tonumber(known) >= now - tonumber(ARGV[7]) then return {'no_capable'} end
 return {'not_found'}

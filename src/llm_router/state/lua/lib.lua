@@ -46,6 +46,16 @@ local function k_queue(m) return BASE .. 'queue:' .. m end
 local function k_queue_alive(m) return BASE .. 'queue-alive:' .. m end
 local function k_excluded(id) return BASE .. 'excluded:' .. id end
 local function k_events() return BASE .. 'events:capacity' end
+local function k_unsupported(id) return BASE .. 'unsupported:' .. id end
+local function k_response(rid) return BASE .. 'response:' .. rid end
+
+-- Put `member` in the sorted set `key` until `until_ms`, drop what has ended, and let the
+-- key expire with its last member: nothing needs a live replica to clean it up.
+local function cool_down(key, member, until_ms, now)
+  redis.call('ZADD', key, until_ms, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('PEXPIREAT', key, redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
+end
 
 -- /v1/models is cached on each replica under this stamp: every change to which live
 -- node executes which model moves it. A node's going offline by itself does not (no
@@ -248,5 +258,5 @@ local function forget_node(id)
     end
   end
   redis.call('ZREM', k_alive(), id)
-  redis.call('DEL', key, k_excluded(id))
+  redis.call('DEL', key, k_excluded(id), k_unsupported(id))
 end
