@@ -13,6 +13,7 @@ from llm_router.auth import startup_problems
 from llm_router.edge_limits import EdgeLimits, LimitedHttpTools
 from llm_router.fleet import Fleet
 from llm_router.settings import RouterSettings
+from llm_router.state.connect import StoreUrlError
 
 log = logging.getLogger("llm_router")
 
@@ -52,7 +53,11 @@ def serve(settings: RouterSettings) -> int:
         sys.stderr.write(_EMBEDDED_BANNER)
     elif settings.auth_disabled:
         log.warning("AUTHENTICATION IS DISABLED: any client may register nodes and administer")
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except StoreUrlError as exc:
+        sys.stderr.write(f"llm-router: refusing to start: {exc}\n")
+        return 2
     # The description never carries a credential (see state.connect.redact_url).
     log.info("state store: %s", app.state.fleet.store.description)
     config = uvicorn.Config(

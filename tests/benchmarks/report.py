@@ -10,6 +10,9 @@ from typing import Any
 
 BASELINE = "bare-python"
 PEER = "litellm"
+#: The router on plain ``redis://``, which the rows on the other store kinds are held to.
+PLAIN_ROUTER = "llm-router"
+STORE_ROWS = ("llm-router-sentinel", "llm-router-cluster", "llm-router-tls")
 DOC_BEGIN = "<!-- bench:begin -->"
 DOC_END = "<!-- bench:end -->"
 
@@ -191,6 +194,45 @@ def redis_table(results: dict[str, Any]) -> str:
     return "**Redis per proxied request (c16 run)**\n\n" + _table(header, rows)
 
 
+def _ratio(mine: float | None, base: float | None, digits: int = 2) -> str:
+    return f"{mine / base:.{digits}f}x" if mine and base else "-"
+
+
+def store_table(results: dict[str, Any]) -> str:
+    """The router on each store kind against the same router on plain ``redis://``."""
+    targets = results["targets"]
+    plain = targets.get(PLAIN_ROUTER, {})
+    if not _ok(plain):
+        return ""
+    levels = results["config"]["concurrency"]
+    rows = []
+    for name in (PLAIN_ROUTER, *STORE_ROWS):
+        res = targets.get(name)
+        if not res or not _ok(res):
+            continue
+        c16, base16 = _wrk_at(res, 16) or {}, _wrk_at(plain, 16) or {}
+        rows.append(
+            [
+                name,
+                *(_ratio(_rps(targets, name, c), _rps(targets, PLAIN_ROUTER, c)) for c in levels),
+                f"{_fmt(c16.get('p50_ms'))} / {_fmt(c16.get('p99_ms'))}",
+                f"{_fmt(c16.get('cpu_us_per_req'), 0)} "
+                f"({_ratio(c16.get('cpu_us_per_req'), base16.get('cpu_us_per_req'))})",
+                _fmt(res.get("redis", {}).get("client_commands_per_request")),
+            ]
+        )
+    if len(rows) < 2:
+        return ""
+    header = [
+        "target",
+        *(f"req/s c{c} vs plain" for c in levels),
+        "c16 p50 / p99 ms",
+        "proxy CPU µs/req c16 (vs plain)",
+        "round trips/req",
+    ]
+    return "**Store kinds (same router, same run; vs plain `redis://`)**\n\n" + _table(header, rows)
+
+
 def micro_tables(micro: dict[str, Any]) -> str:
     if not micro or "selection" not in micro:
         return f"Micro-benchmarks: {micro.get('status', 'not run') if micro else 'not run'}"
@@ -268,6 +310,7 @@ def markdown(results: dict[str, Any]) -> str:
         throughput_tables(results, levels),
         stream_table(results),
         redis_table(results),
+        store_table(results),
         micro_tables(results.get("micro", {})),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"

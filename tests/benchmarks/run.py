@@ -44,7 +44,17 @@ from tests.benchmarks.targets import (
     start_upstream,
 )
 
-ALL_TARGETS = ["direct", "nginx", "bare-python", "llm-router", "llm-router-x2", "litellm"]
+ALL_TARGETS = [
+    "direct",
+    "nginx",
+    "bare-python",
+    "llm-router",
+    "llm-router-sentinel",
+    "llm-router-cluster",
+    "llm-router-tls",
+    "llm-router-x2",
+    "litellm",
+]
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {AUTH_KEY}"}
 RESULTS = Path(__file__).resolve().parent / "results"
 DOC = REPO / "docs" / "performance.md"
@@ -276,6 +286,9 @@ def _factories(
         "nginx": lambda: start_nginx(cfg, port),
         "bare-python": lambda: start_bare_proxy(cfg, port),
         "llm-router": lambda: start_router(cfg, port, 1),
+        "llm-router-sentinel": lambda: start_router(cfg, port, 1, "sentinel"),
+        "llm-router-cluster": lambda: start_router(cfg, port, 1, "cluster"),
+        "llm-router-tls": lambda: start_router(cfg, port, 1, "tls"),
         "llm-router-x2": lambda: start_router(cfg, port, 2),
         "litellm": lambda: start_litellm(cfg, port),
     }

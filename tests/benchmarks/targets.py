@@ -24,6 +24,7 @@ from tests.benchmarks.procs import (
     wait_http_ok,
     wait_port,
 )
+from tests.benchmarks.stores import STORES
 from tests.benchmarks.upstream import MODEL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,28 +186,8 @@ def start_bare_proxy(cfg: Settings, upstream_port: int) -> Iterator[Target]:
 
 
 def start_redis(stack: ProcessStack, cfg: Settings) -> tuple[Proc, int]:
-    port = free_port()
-    proc = stack.start(
-        "redis",
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--dir",
-            str(cfg.work_dir),
-        ],
-        cpus=cfg.server_cpus,
-    )
-    wait_port(proc, port, 10)
-    return proc, port
+    handle = STORES["plain"](stack, cfg.work_dir, cfg.server_cpus)
+    return handle.proc, handle.probe_port
 
 
 def router_command() -> list[str]:
@@ -223,7 +204,7 @@ def router_command() -> list[str]:
 
 
 def _start_router(
-    stack: ProcessStack, cfg: Settings, name: str, redis_port: int
+    stack: ProcessStack, cfg: Settings, name: str, redis_url: str
 ) -> tuple[Proc, int]:
     port = free_port()
     proc = stack.start(
@@ -231,7 +212,7 @@ def _start_router(
         [
             *router_command(),
             "--redis-url",
-            f"redis://127.0.0.1:{redis_port}/0",
+            redis_url,
             "--host",
             "127.0.0.1",
             "--port",
@@ -305,11 +286,20 @@ class Heartbeater:
 
 
 @contextlib.contextmanager
-def start_router(cfg: Settings, upstream_port: int, replicas: int) -> Iterator[Target]:
+def start_router(
+    cfg: Settings, upstream_port: int, replicas: int, store: str = "plain"
+) -> Iterator[Target]:
     name = "llm-router" if replicas == 1 else f"llm-router x{replicas} + nginx"
+    if store != "plain":
+        name = f"{name} on {store}"
     with ProcessStack(cfg.work_dir / "logs") as stack:
-        redis_proc, redis_port = start_redis(stack, cfg)
-        routers = [_start_router(stack, cfg, f"router-{i}", redis_port) for i in range(replicas)]
+        work = cfg.work_dir / f"store-{store}-{replicas}"
+        work.mkdir(parents=True, exist_ok=True)
+        redis_store = STORES[store](stack, work, cfg.server_cpus)
+        redis_proc, redis_port = redis_store.proc, redis_store.probe_port
+        routers = [
+            _start_router(stack, cfg, f"router-{i}", redis_store.url) for i in range(replicas)
+        ]
         procs = [p for p, _ in routers]
         if replicas == 1:
             url = f"http://127.0.0.1:{routers[0][1]}"

@@ -172,3 +172,25 @@ class Fleet:
 
 async def sleep_ms(ms: int) -> None:
     await asyncio.sleep(ms / 1000)
+
+
+async def acquire_unknown_model(url: str, timeout_s: float = 2.0) -> AcquireResult:
+    """One ``acquire`` through a store opened from ``url``, as a router opens it (with the
+    request path's shared connection), for a model nobody serves."""
+    from llm_router.state.connect import open_store
+
+    store = open_store(url, timeout_s=timeout_s)
+    try:
+        assert store.fast is not None, f"{url} has no shared connection"
+        scripts = FleetScripts(store.redis, Keys(f"probe{uuid.uuid4().hex[:8]}"), store.fast)
+        return await scripts.acquire(
+            model="nobody-has-it",
+            lease_id="l",
+            lease_ttl_ms=1000,
+            ticket="t",
+            queue_max=1,
+            ticket_ttl_ms=1000,
+            forget_ms=1000,
+        )
+    finally:
+        await store.close()

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
+from llm_router.state.connect import open_store
 from llm_router.state.multiplex import MultiplexedRedis
 
 ECHO = "return ARGV[1]"
+
+
+@contextlib.asynccontextmanager
+async def shared_connection(url: str) -> AsyncIterator[MultiplexedRedis]:
+    """The request path's connection, as the router opens it from its store URL."""
+    store = open_store(url, timeout_s=2.0)
+    try:
+        assert store.fast is not None, f"{url} has no shared connection"
+        yield store.fast
+    finally:
+        await store.close()
 
 
 @pytest.fixture
@@ -28,9 +41,8 @@ async def echo_sha(admin: aioredis.Redis) -> str:
 
 @pytest.fixture
 async def fast(redis_url: str) -> AsyncIterator[MultiplexedRedis]:
-    client = MultiplexedRedis(redis_url, timeout_s=2.0)
-    yield client
-    await client.close()
+    async with shared_connection(redis_url) as client:
+        yield client
 
 
 async def test_concurrent_calls_get_their_own_replies_even_when_one_is_cancelled(
@@ -51,12 +63,9 @@ async def test_concurrent_calls_get_their_own_replies_even_when_one_is_cancelled
 
 async def test_selects_the_database_of_the_url(redis_server: object, admin: aioredis.Redis) -> None:
     url = redis_server.url_for_db(7)  # type: ignore[attr-defined]
-    client = MultiplexedRedis(url, timeout_s=2.0)
     sha = await admin.script_load("return redis.call('SET', KEYS[1], ARGV[1])")
-    try:
+    async with shared_connection(url) as client:
         await client.evalsha(sha, ["{t}:db-check"], ["seven"])
-    finally:
-        await client.close()
     in_db7 = aioredis.from_url(url)
     try:
         assert await in_db7.get("{t}:db-check") == b"seven"
@@ -92,24 +101,71 @@ async def test_unknown_script_is_reported_as_noscript(fast: MultiplexedRedis) ->
 async def test_fleet_scripts_fall_back_to_loading_a_flushed_script(
     redis_url: str, admin: aioredis.Redis
 ) -> None:
-    from llm_router.state.connect import open_store
-    from llm_router.state.keys import Keys
-    from llm_router.state.scripts import FleetScripts, Refused
+    from contract.fleet import acquire_unknown_model
+    from llm_router.state.scripts import Refused
 
-    store = open_store(redis_url)
-    try:
-        assert store.fast is not None, "plain redis:// URLs use the shared connection"
-        scripts = FleetScripts(store.redis, Keys("mx-flush"), store.fast)
-        await admin.script_flush()  # as after a Redis restart or failover
-        result = await scripts.acquire(
-            model="nobody-has-it",
-            lease_id="l",
-            lease_ttl_ms=1000,
-            ticket="t",
-            queue_max=1,
-            ticket_ttl_ms=1000,
-            forget_ms=1000,
-        )
-        assert result == Refused("not_found")
-    finally:
-        await store.close()
+    await admin.script_flush()  # as after a Redis restart or failover
+    assert await acquire_unknown_model(redis_url) == Refused("not_found")
+
+
+async def test_a_primary_turned_replica_fails_clearly_and_its_link_is_dropped(
+    redis_server: object,
+) -> None:
+    from redis.exceptions import ReadOnlyError
+
+    from redis_server import running_redis_server
+
+    with running_redis_server() as demoted:
+        admin = aioredis.from_url(demoted.url)
+        try:
+            sha = await admin.script_load("return redis.call('SET', KEYS[1], ARGV[1])")
+            async with shared_connection(demoted.url) as fast:
+                assert await fast.evalsha(sha, ["{t}:role"], ["primary"]) == b"OK"
+                first = {c["id"] for c in await admin.client_list() if c["cmd"] == "evalsha"}
+                await admin.replicaof("127.0.0.1", redis_server.port)  # type: ignore[attr-defined]
+                with pytest.raises(ReadOnlyError):
+                    await fast.evalsha(sha, ["{t}:role"], ["replica"])
+                await admin.replicaof("no", "one")
+                # A new link: the one that reached a replica takes no further calls.
+                assert await fast.evalsha(sha, ["{t}:role"], ["again"]) == b"OK"
+                now = {c["id"] for c in await admin.client_list() if c["cmd"] == "evalsha"}
+                assert now and not now & first
+        finally:
+            await admin.aclose()
+
+
+async def test_a_moved_primary_is_followed_while_the_old_one_still_answers(
+    redis_server: object,
+) -> None:
+    """As after a Sentinel failover with the old primary still up: the link to it is
+    healthy, so only asking where the primary is now (beside the calls) moves it."""
+    from llm_router.state.multiplex import Address, Handshake
+    from redis_server import running_redis_server
+
+    old_port: int = redis_server.port  # type: ignore[attr-defined]
+    where = [Address("127.0.0.1", old_port)]
+
+    async def locate() -> list[Address]:
+        return list(where)
+
+    script = "redis.call('SET', KEYS[1], ARGV[1]); return 1"
+    with running_redis_server() as new:
+        old_admin, new_admin = aioredis.Redis(port=old_port), aioredis.from_url(new.url)
+        fast = MultiplexedRedis(locate, Handshake(), timeout_s=2.0, recheck_s=0.05)
+        try:
+            sha = await old_admin.script_load(script)
+            await new_admin.script_load(script)
+            assert await fast.evalsha(sha, ["{t}:moved"], ["old"]) == 1
+            where[:] = [Address("127.0.0.1", new.port)]
+            for i in range(200):
+                await fast.evalsha(sha, ["{t}:moved"], [f"call-{i}"])
+                if await new_admin.get("{t}:moved"):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("calls stayed on the old primary")
+        finally:
+            await fast.close()
+            await old_admin.delete("{t}:moved")
+            await old_admin.aclose()
+            await new_admin.aclose()

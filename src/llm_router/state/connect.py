@@ -15,21 +15,30 @@ that bound (the API turns it into 503 ``state_store_unavailable``) instead of a 
 
 from __future__ import annotations
 
+import inspect
 import logging
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis as PlainRedis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import RedisSSLContext, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
-from llm_router.state.multiplex import MultiplexedRedis
+from llm_router.state.multiplex import Address, Handshake, Locate, MultiplexedRedis, fixed
 
 log = logging.getLogger(__name__)
+
+
+#: How often a replica asks the sentinels, beside its calls, whether the primary moved.
+SENTINEL_RECHECK_S = 1.0
 
 
 class StoreUrlError(ValueError):
@@ -44,7 +53,7 @@ class Store:
     embedded: bool
     description: str
     _pubsub_client: Any = field(default=None, repr=False)
-    #: The lean shared connection for the request path's scripts (plain and unix URLs).
+    #: The lean shared connection for the request path's scripts (every store but embedded).
     fast: MultiplexedRedis | None = field(default=None, repr=False)
 
     def pubsub_client(self) -> Any:
@@ -87,21 +96,53 @@ def open_store(url: str | None, *, timeout_s: float = 2.0) -> Store:
     if not url:
         return _embedded()
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("redis", "rediss", "unix", "valkey", "valkeys"):
-        plain_url = url.replace("valkey", "redis", 1) if scheme.startswith("valkey") else url
-        client = PlainRedis.from_url(plain_url, **_client_options(timeout_s))
-        fast = (
-            MultiplexedRedis(plain_url, timeout_s) if MultiplexedRedis.supports(plain_url) else None
+    opener = _OPENERS.get(scheme)
+    if opener is None:
+        raise StoreUrlError(
+            f"unsupported store URL scheme {scheme or redact_url(url)!r}: use redis://, "
+            "rediss://, unix://, redis+sentinel:// or redis+cluster://"
         )
-        return Store(client, embedded=False, description=redact_url(url), fast=fast)
-    if scheme == "redis+sentinel":
-        return _sentinel(url, timeout_s)
-    if scheme == "redis+cluster":
-        return _cluster(url, timeout_s)
-    raise StoreUrlError(
-        f"unsupported store URL scheme {scheme or redact_url(url)!r}: use redis://, "
-        "rediss://, unix://, redis+sentinel:// or redis+cluster://"
+    return opener(url, timeout_s)
+
+
+#: The ``ssl_*`` URL options, as redis-py names them without the prefix.
+_TLS_OPTIONS = frozenset(inspect.signature(RedisSSLContext).parameters)
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The context redis-py would build from the URL's ``ssl_*`` options, with its defaults
+    (certificate required, host name checked)."""
+    tls = {k.removeprefix("ssl_"): v for k, v in options.items() if k.startswith("ssl_")}
+    unknown = sorted(f"ssl_{k}" for k in tls if k not in _TLS_OPTIONS)
+    if unknown:
+        raise StoreUrlError(f"unknown TLS option in store URL: {', '.join(unknown)}")
+    tls.setdefault("cert_reqs", "required")
+    tls.setdefault("check_hostname", True)
+    try:
+        return RedisSSLContext(**tls).get()
+    except (ssl.SSLError, OSError, ValueError, RedisError) as exc:
+        raise StoreUrlError(f"TLS options in store URL cannot be used: {exc}") from exc
+
+
+def _single(url: str, timeout_s: float) -> Store:
+    scheme = url.split("://", 1)[0].lower()
+    plain_url = url.replace("valkey", "redis", 1) if scheme.startswith("valkey") else url
+    client = PlainRedis.from_url(plain_url, **_client_options(timeout_s))
+    options: dict[str, Any] = dict(parse_url(plain_url))
+    path = options.get("path")
+    address = (
+        Address(path=path)
+        if path
+        else Address(options.get("host", "127.0.0.1"), int(options.get("port", 6379)))
     )
+    handshake = Handshake(
+        username=options.get("username"),
+        password=options.get("password"),
+        db=int(options.get("db") or 0),
+        ssl_context=_tls_context(options) if scheme in ("rediss", "valkeys") else None,
+    )
+    fast = MultiplexedRedis(fixed(address), handshake, timeout_s)
+    return Store(client, embedded=False, description=redact_url(url), fast=fast)
 
 
 def _embedded() -> Store:
@@ -127,7 +168,16 @@ def _sentinel(url: str, timeout_s: float) -> Store:
         **options,
     )
     client = sentinel.master_for(service, db=db, password=password, **options)
-    return Store(client, embedded=False, description=f"sentinel service {service!r}")
+
+    async def primary() -> list[Address]:
+        # Asked on every (re)connect, so a failover is followed by reconnecting.
+        host, port = await sentinel.discover_master(service)
+        return [Address(host, int(port))]
+
+    fast = MultiplexedRedis(
+        primary, Handshake(password=password, db=db), timeout_s, recheck_s=SENTINEL_RECHECK_S
+    )
+    return Store(client, embedded=False, description=f"sentinel service {service!r}", fast=fast)
 
 
 def _cluster(url: str, timeout_s: float) -> Store:
@@ -147,7 +197,21 @@ def _cluster(url: str, timeout_s: float) -> Store:
     # to hear the fleet's events.
     first_host, first_port = _hosts(netloc, 6379)[0]
     sub = PlainRedis(host=first_host, port=first_port, password=password, **options)
-    return Store(client, embedded=False, description=redact_url(url), _pubsub_client=sub)
+    # The seeds are where a link starts; MOVED then points it at the fleet's slot owner.
+    seeds: Locate = fixed(*(Address(h, p) for h, p in _hosts(netloc, 6379)))
+    fast = MultiplexedRedis(seeds, Handshake(password=password), timeout_s)
+    return Store(client, embedded=False, description=redact_url(url), _pubsub_client=sub, fast=fast)
+
+
+_OPENERS: dict[str, Callable[[str, float], Store]] = {
+    "redis": _single,
+    "rediss": _single,
+    "unix": _single,
+    "valkey": _single,
+    "valkeys": _single,
+    "redis+sentinel": _sentinel,
+    "redis+cluster": _cluster,
+}
 
 
 #: Query parameters shown as given; every other one (password, username, ssl_password, a

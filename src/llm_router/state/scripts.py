@@ -160,7 +160,7 @@ class ModelList:
 RESPONSE_TTL_MS = 24 * 3600 * 1000
 
 #: Scripts on every proxied request: they take the lean shared connection when there is one.
-_HOT_PATH = frozenset({"acquire", "release"})
+_HOT_PATH = frozenset({"acquire", "release", "renew"})
 
 
 class FleetScripts:
