@@ -27,7 +27,7 @@ class Target:
     model: str
     response_id: str = ""  # route to the node holding this stored response
     #: The parsed JSON body, when it is one (affinity keys are read from it).
-    payload: Mapping[str, Any] = field(default_factory=dict)
+    payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
