@@ -18,6 +18,7 @@ from llm_router.errors import StateStoreUnavailable
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.telemetry import Telemetry
 from llm_router.observability.timed_scripts import TimedScripts
+from llm_router.routing.affinity import AffinityPolicy
 from llm_router.routing.proxy import Proxy, ProxyConfig
 from llm_router.routing.queue import CapacityEvents
 from llm_router.routing.select import Dispatcher, Limits
@@ -45,6 +46,7 @@ class Fleet:
     keyring: KeyRing
     control_http: httpx.AsyncClient
     telemetry: Telemetry
+    affinity: AffinityPolicy
     shutting_down: bool = False
     _janitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -102,6 +104,11 @@ class Fleet:
             keyring=KeyRing.from_settings(settings),
             control_http=httpx.AsyncClient(timeout=settings.model_fetch_timeout_s),
             telemetry=telemetry,
+            affinity=AffinityPolicy(
+                enabled=settings.affinity,
+                ttl_ms=int(settings.affinity_ttl_s * 1000),
+                margin=round(settings.affinity_margin * 1_000_000),
+            ),
         )
 
     async def model_of_response(self, response_id: str) -> str | None:

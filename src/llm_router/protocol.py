@@ -115,6 +115,14 @@ class ReadyModels(_Wire):
     total: int = Field(ge=0)
 
 
+class RuntimeLoad(_Wire):
+    """How busy the runtime says it is (any key may be missing)."""
+
+    running: int | None = Field(default=None, ge=0, le=1_000_000)
+    waiting: int | None = Field(default=None, ge=0, le=1_000_000)
+    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
+
+
 class HeartbeatRequest(_Wire):
     node_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     cpu_usage: Percent = 0.0
@@ -130,6 +138,7 @@ class HeartbeatRequest(_Wire):
     gpu_capability_score: float | None = Field(default=None, ge=0, le=10000)
     average_response_time_ms: float | None = Field(default=None, ge=0)
     loaded_models: ModelList | None = None
+    runtime_load: RuntimeLoad | None = None
     executable_models: ModelList | None = None
     gpu_backend: GpuBackend | None = None
     models: ModelList | None = None

@@ -74,6 +74,20 @@ class RouterSettings(BaseSettings):
     default_max_concurrency: int = Field(default=4, ge=1, le=100_000)
     require_gpu: bool = False
 
+    affinity: bool = Field(
+        default=True, description="send a conversation's turns back to the node that has its cache"
+    )
+    affinity_ttl_s: float = Field(
+        default=600.0, gt=0, le=86400, description="how long a conversation's pin outlives its turn"
+    )
+    affinity_margin: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="how much busier (fraction of its slots) a pinned node may be than the "
+        "least loaded one and keep the conversation",
+    )
+
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect to a node")
     first_byte_timeout_s: float = Field(
         default=120.0, gt=0, description="wait for a node's headers"

@@ -13,7 +13,7 @@ from typing import Any
 from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
-from llm_router.state.scripts import FleetScripts, Granted
+from llm_router.state.scripts import NO_AFFINITY, Affinity, FleetScripts, Granted
 
 ALIVE_TTL_MS = 3_600_000
 FORGET_MS = 86_400_000
@@ -56,7 +56,7 @@ class Fleet:
         )
         return await self.registry.heartbeat(beat, node.token)
 
-    async def acquire(self, model: str) -> tuple[str, str] | None:
+    async def acquire(self, model: str, affinity: Affinity = NO_AFFINITY) -> tuple[str, str] | None:
         lease = uuid.uuid4().hex
         result = await self.scripts.acquire(
             model=model,
@@ -66,6 +66,7 @@ class Fleet:
             queue_max=256,
             ticket_ttl_ms=3000,
             forget_ms=FORGET_MS,
+            affinity=affinity,
         )
         return (result.node_id, lease) if isinstance(result, Granted) else None
 

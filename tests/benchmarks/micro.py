@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from tests.benchmarks.fleet_adapter import Fleet
+from tests.benchmarks.fleet_adapter import Affinity, Fleet
 from tests.benchmarks.loadgen import percentile
 
 MODEL = "bench-model"
@@ -157,6 +157,74 @@ async def selection_cost(
     return rows
 
 
+async def _acquire_cost(
+    redis: Redis, fleet: Fleet, affinity_of: Callable[[int], Affinity], calls: int, budget_s: float
+) -> dict[str, Any]:
+    """Acquire (then release, outside the measurement) with the given affinity per call:
+    server µs per acquire, script calls (round trips) and Redis commands per acquire."""
+    held: list[tuple[str, str]] = []
+
+    async def pick(i: int) -> None:
+        got = await fleet.acquire(MODEL, affinity_of(i))
+        if got is None:
+            raise RuntimeError("acquire found no node; the benchmark fleet is broken")
+        held.append(got)
+
+    stats = await measure(redis, pick, calls=calls, budget_s=budget_s)
+    inner = await commandstats(redis)
+    script_calls = inner.get("evalsha", (0, 0.0))[0]
+    commands = sum(
+        n for name, (n, _) in inner.items() if name not in ("evalsha", "config|resetstat")
+    )
+    for node_id, lease in held:
+        await fleet.release(node_id, lease)
+    return {
+        **stats.as_dict(),
+        "round_trips": script_calls / stats.calls,
+        "commands": commands / stats.calls,
+    }
+
+
+async def affinity_cost(
+    redis: Redis, nodes: int, calls: int, budget_s: float, conversations: int = 200
+) -> list[dict[str, Any]]:
+    """The acquire script with affinity off, on with a pin to follow (three keys, the
+    pinned node usually not the least loaded one), and on with no pin yet (three new keys)."""
+    await redis.flushall()
+    fleet = Fleet(redis)
+    await _populate(fleet, nodes, lambda _i: [MODEL], 100_000)
+    await fleet.acquire(MODEL)
+
+    def conversation(i: int) -> Affinity:
+        c = i % conversations
+        keys = (f"o{c:021d}", f"b2{c:020d}", f"b1{c:020d}")
+        return Affinity(keys=keys, ttl_ms=600_000, margin=500_000)
+
+    def fresh(i: int) -> Affinity:
+        return Affinity(keys=(f"n{i:023d}", f"m{i:023d}", f"l{i:023d}"), ttl_ms=600_000, margin=0)
+
+    for i in range(conversations):  # the pins exist before the "hit" row
+        await fleet.acquire(MODEL, conversation(i))
+    rows = []
+    for name, affinity_of in (
+        ("off", lambda _i: Affinity()),
+        ("on, pinned", conversation),
+        ("on, new", fresh),
+    ):
+        row = {
+            "affinity": name,
+            "nodes": nodes,
+            **await _acquire_cost(redis, fleet, affinity_of, calls, budget_s),
+        }
+        rows.append(row)
+        print(
+            f"  acquire, affinity {name:<10}: {row['server_us']:6.1f} µs server, "
+            f"{row['round_trips']:.0f} round trip, {row['commands']:.1f} commands",
+            flush=True,
+        )
+    return rows
+
+
 async def memory_per_node(
     redis: Redis, nodes: int, models_per_node: int = 20, pool: int = 100
 ) -> dict[str, Any]:
@@ -205,6 +273,7 @@ async def run_micro(
     try:
         result: dict[str, Any] = {}
         result["selection"] = await selection_cost(redis, sizes, calls, budget_s)
+        result["affinity"] = await affinity_cost(redis, 100, calls, budget_s)
         result["heartbeat"] = await heartbeat_cost(redis, 1000, calls, budget_s)
         print(f"  heartbeat script: {result['heartbeat']['server_us']:.1f} µs server", flush=True)
         result["memory"] = await memory_per_node(redis, memory_nodes)

@@ -303,6 +303,20 @@ def micro_tables(micro: dict[str, Any]) -> str:
         "fleet-wide picks/s cap",
     ]
     out = ["**Selection + lease (real scripts, real Redis)**", "", _table(header, rows)]
+    affinity = micro.get("affinity")
+    if affinity:
+        header = ["affinity", "nodes", "acquire server µs", "round trips", "Redis commands"]
+        rows = [
+            [
+                r["affinity"],
+                f"{r['nodes']:,}",
+                _fmt(r["server_us"], 1),
+                _fmt(r["round_trips"], 0),
+                _fmt(r["commands"], 1),
+            ]
+            for r in affinity
+        ]
+        out += ["", "**Acquire with affinity (three keys per request)**", "", _table(header, rows)]
     hb, mem = micro.get("heartbeat"), micro.get("memory")
     if hb:
         out += [

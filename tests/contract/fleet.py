@@ -16,7 +16,7 @@ from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.connect import Store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
-from llm_router.state.scripts import AcquireResult, FleetScripts, Granted
+from llm_router.state.scripts import NO_AFFINITY, AcquireResult, Affinity, FleetScripts, Granted
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class Fleet:
         forget_ms: int | None = None,
         family: str = "",
         response_id: str = "",
+        affinity: Affinity = NO_AFFINITY,
     ) -> AcquireResult:
         return await self.scripts.acquire(
             model=model,
@@ -117,6 +118,7 @@ class Fleet:
             forget_ms=forget_ms if forget_ms is not None else self.config.forget_ms,
             family=family,
             response_id=response_id,
+            affinity=affinity,
         )
 
     async def lease(self, model: str, *, lease_ttl_ms: int = 30_000, **kw: Any) -> Lease:

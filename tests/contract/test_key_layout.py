@@ -15,12 +15,13 @@ from contract.fleet import Fleet, sleep_ms
 from llm_router.state.connect import Store, open_store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import Ending, FleetScripts, Granted, Queued
+from llm_router.state.scripts import Affinity, Ending, FleetScripts, Granted, Queued
 from redis_server import RedisServer
 
 #: A database no other test uses; emptied before the scenario.
 LAYOUT_DB = 9
 
+PIN = "0123456789abcdef01234567"
 MODELS = ["llama3:8b", "org/mistral-7b.gguf", "phi-3-mlx", "never-asked"]
 INSTALLED_ONLY = "weights-awq"
 RESPONSE_ID = "resp_layout"
@@ -53,6 +54,7 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
         keys.models_known,
         keys.models_created,
         keys.api_keys,
+        keys.pin(PIN),
     }
     for node_id in node_ids:
         out |= {
@@ -112,6 +114,9 @@ async def _scenario(fleet: Fleet) -> tuple[list[str], list[str]]:
     # Equal nodes for a model exercise the rotation counter.
     for _ in range(3):
         await fleet.release(await fleet.lease(MODELS[1]))
+    # A conversation's pin.
+    pinned = Affinity(keys=(PIN,), ttl_ms=30_000, margin=500_000)
+    await fleet.release(await fleet.lease(MODELS[1], affinity=pinned))
 
     await fleet.registry.drain(b.node_id)
     await fleet.registry.drain(b.node_id, draining=False)

@@ -226,6 +226,20 @@ class Cluster:
         self.nodes.append(node)
         return node
 
+    def start_runtime(self, models: list[str], **options: Any) -> int:
+        """A simulated runtime alone (no agent): a test registers and heartbeats it itself.
+        Returns its port."""
+        port = free_port()
+        flags = {"ttft_ms": 5, "tokens_per_s": 2000, **options, "port": port, "models": models}
+        proc = Proc(
+            f"runtime-{port}.log",
+            [sys.executable, "-m", "llm_router.sim.standalone", *_flags(flags)],
+            self.workdir / f"runtime-{port}.log",
+        )
+        proc.start()
+        self._procs.append(proc)
+        return port
+
     # --- waiting --------------------------------------------------------------------------
 
     def wait_ready(self, router: Router, timeout_s: float = START_TIMEOUT_S) -> None:

@@ -119,16 +119,17 @@ async def test_metal_only_model_never_lands_on_cuda(fleet: Fleet, sdk: SdkClient
 
 async def test_concurrent_load_spreads_over_capable_nodes(fleet: Fleet, sdk: SdkClients) -> None:
     # Three idle nodes with 4 slots each, six requests at once, each held 250 ms: the least
-    # loaded pick puts two on each node.
+    # loaded pick puts two on each node. Six different conversations: identical prompts
+    # would share a pin (affinity keeps them together within its margin).
     client = sdk(fleet.r1)
 
-    async def one() -> str:
+    async def one(i: int) -> str:
         raw = await client.chat.completions.with_raw_response.create(
-            model=SHARED, messages=[{"role": "user", "content": "hi"}]
+            model=SHARED, messages=[{"role": "user", "content": f"hi {i}"}]
         )
         return raw.headers["x-llm-router-node"]
 
-    served_by = Counter(await asyncio.gather(*(one() for _ in range(6))))
+    served_by = Counter(await asyncio.gather(*(one(i) for i in range(6))))
     expected = {fleet.id_of(n) for n in (fleet.metal_a, fleet.metal_b, fleet.cuda_c)}
     assert set(served_by) == expected, served_by
     assert sorted(served_by.values()) == [2, 2, 2], served_by

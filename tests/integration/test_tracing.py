@@ -220,6 +220,8 @@ async def test_a_trace_runs_from_client_to_runtime(
     assert root.attributes["llm_router.node"] == node_id
     assert root.attributes["llm_router.attempts"] == 1
     assert root.attributes["llm_router.outcome"] == "routed"
+    # A first turn opens a conversation: its affinity outcome is "new".
+    assert root.attributes["llm_router.affinity"] == "new"
     assert root.attributes["http.response.status_code"] == 200
     assert root.attributes["llm_router.queue_wait_ms"] == 0
     assert "queue wait" not in trace

@@ -156,6 +156,7 @@ async def _proxy(row: Endpoint, scope: Scope, receive: Receive) -> ProxyReply | 
         headers=headers,
         request_id=request_id_of(headers),
         response_id=target.response_id,
+        affinity=fleet.affinity.for_request(scope["path"], target.model, target.payload, headers),
     )
     stop_watching = _cancel_current_task_when(receive, after_s=DISCONNECT_WATCH_AFTER_S)
     try:

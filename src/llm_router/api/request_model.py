@@ -7,8 +7,8 @@ field when the body does not say what the endpoint needs.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -26,6 +26,8 @@ _RESPONSE_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")
 class Target:
     model: str
     response_id: str = ""  # route to the node holding this stored response
+    #: The parsed JSON body, when it is one (affinity keys are read from it).
+    payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -69,8 +71,8 @@ def _from_json(endpoint: Endpoint, body: bytes, _ct: str) -> Target:
     model = checked_model(payload.get("model"))
     previous = payload.get("previous_response_id") if endpoint.follows_previous else None
     if previous is None:
-        return Target(model)
-    return Target(model, checked_response_id(previous, "previous_response_id"))
+        return Target(model, payload=payload)
+    return Target(model, checked_response_id(previous, "previous_response_id"), payload)
 
 
 def _from_form(endpoint: Endpoint, body: bytes, content_type: str) -> Target:

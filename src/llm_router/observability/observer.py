@@ -28,6 +28,7 @@ class RequestTrace:
 
     __slots__ = (
         "_sent",
+        "affinity",
         "attempts",
         "first_byte_s",
         "model",
@@ -44,6 +45,7 @@ class RequestTrace:
         self.request_id = request_id
         self.started = perf_counter()
         self.node = ""
+        self.affinity = ""
         self.attempts = 0
         self.queue_ms = 0.0
         self.upstream_s = 0.0
@@ -104,9 +106,15 @@ class Observer:
         """Before an attempt: add what the node should receive to continue the request's
         trace (nothing unless tracing is on)."""
 
-    def leased(self, trace: RequestTrace, node_id: str, queued_ms: float | None) -> None:
+    def leased(
+        self, trace: RequestTrace, node_id: str, queued_ms: float | None, affinity: str = ""
+    ) -> None:
         trace.attempts += 1
         trace.node = node_id
+        trace.affinity = affinity
+        if affinity:
+            outcome, _, cause = affinity.partition(":")
+            self.metrics.affinity.inc(outcome, cause or "none")
         if queued_ms is None:
             self.metrics.decisions.inc("routed")
         else:
@@ -162,6 +170,7 @@ class Observer:
             "status": status,
             "outcome": outcome,
             "attempts": trace.attempts,
+            "reason": f"affinity:{trace.affinity}" if trace.affinity else "least_loaded",
             "queue_wait_ms": round(trace.queue_ms, 1),
             "duration_ms": round(total_s * 1000, 2),
         }

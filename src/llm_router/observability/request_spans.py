@@ -47,8 +47,10 @@ class TracingObserver(Observer):
         )
         return SpannedRequest(model, request_id, span)
 
-    def leased(self, trace: RequestTrace, node_id: str, queued_ms: float | None) -> None:
-        super().leased(trace, node_id, queued_ms)
+    def leased(
+        self, trace: RequestTrace, node_id: str, queued_ms: float | None, affinity: str = ""
+    ) -> None:
+        super().leased(trace, node_id, queued_ms, affinity)
         assert isinstance(trace, SpannedRequest)
         now = time_ns()
         parent = otel.set_span_in_context(trace.span)
@@ -56,6 +58,8 @@ class TracingObserver(Observer):
             "acquire", context=parent, start_time=trace.acquire_from_ns
         )
         acquire.set_attribute("llm_router.node", node_id)
+        if affinity:
+            acquire.set_attribute("llm_router.affinity", affinity)
         if queued_ms is not None:
             waited_from = max(trace.acquire_from_ns, now - int(queued_ms * _NS_PER_MS))
             self._tracer.start_span(
@@ -105,6 +109,7 @@ class TracingObserver(Observer):
                 "llm_router.attempts": trace.attempts,
                 "llm_router.queue_wait_ms": round(trace.queue_ms, 1),
                 "llm_router.outcome": outcome,
+                "llm_router.affinity": trace.affinity,
                 "http.response.status_code": status,
             }
         )

@@ -59,6 +59,12 @@ class RouterMetrics:
             "Routing decisions by reason (one request may make several: queued, failover...).",
             ["reason"],
         )
+        self.affinity = r.counter(
+            "llm_router_affinity_total",
+            "Requests with affinity keys by outcome: hit (went to the pinned node), moved (the "
+            "pin moved; cause unavailable, full or loaded) or new (no pin: a miss).",
+            ["outcome", "cause"],
+        )
         self.attempts = r.histogram(
             "llm_router_request_attempts",
             "Nodes tried per request.",

@@ -38,10 +38,11 @@ from llm_router.errors import (
     UpstreamError,
 )
 from llm_router.observability.observer import Observer, RequestTrace
+from llm_router.routing.affinity import AFFINITY_HEADER
 from llm_router.routing.endpoints import Dialect, Endpoint
 from llm_router.routing.response_ids import StreamIdFinder, id_of_object
 from llm_router.routing.select import Dispatcher, Lease, Want
-from llm_router.state.scripts import Ending
+from llm_router.state.scripts import NO_AFFINITY, Affinity, Ending
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Call:
     headers: Mapping[str, str]
     request_id: str
     response_id: str = ""  # a stored response this request must follow to its node
+    affinity: Affinity = NO_AFFINITY  # soft pins: the conversation's previous node
 
 
 class _AttemptFailed(Exception):
@@ -195,7 +197,7 @@ class Proxy:
         own_answer: tuple[int, bytes, dict[str, str]] | None = None
         for _attempt in range(self._config.max_attempts):
             try:
-                lease = await self._dispatcher.acquire(call.model, client_gone, want)
+                lease = await self._dispatcher.acquire(call.model, client_gone, want, call.affinity)
             except (NoCapableNodes, NotImplementedByFleet):
                 # Every node is excluded, declined or gone; report what the last one said.
                 if own_answer is not None:
@@ -204,7 +206,7 @@ class Proxy:
                 if last_error is not None:
                     raise last_error from None
                 raise
-            self._observer.leased(trace, lease.node_id, lease.queued_ms)
+            self._observer.leased(trace, lease.node_id, lease.queued_ms, lease.affinity)
             self._observer.propagate(trace, out_headers)
             try:
                 return await self._attempt(lease, call, out_headers, trace)
@@ -413,6 +415,9 @@ class Proxy:
         if lease.queued_ms is not None:
             headers["x-queue-status"] = "queued"
             headers["x-queue-wait-ms"] = str(round(lease.queued_ms))
+        if lease.affinity:
+            # "moved:full" → "moved": the cause is for operators (decisions, metrics).
+            headers[AFFINITY_HEADER] = lease.affinity.partition(":")[0]
         return headers
 
 

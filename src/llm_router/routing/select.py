@@ -29,7 +29,15 @@ from llm_router.errors import (
     ShuttingDown,
 )
 from llm_router.routing.queue import CapacityEvents, Waiter
-from llm_router.state.scripts import Ending, FleetScripts, Granted, Queued, Refused
+from llm_router.state.scripts import (
+    NO_AFFINITY,
+    Affinity,
+    Ending,
+    FleetScripts,
+    Granted,
+    Queued,
+    Refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,8 @@ class Lease:
     node_id: str
     url: str
     queued_ms: float | None
+    #: What affinity did (see ``Granted.affinity``); "" when the request had no keys.
+    affinity: str = ""
 
 
 class Dispatcher:
@@ -87,23 +97,27 @@ class Dispatcher:
         model: str,
         client_gone: Callable[[], Awaitable[object]] | None = None,
         want: Want = ANY,
+        affinity: Affinity = NO_AFFINITY,
     ) -> Lease:
         """A lease on a node for ``model``, queueing if needed.
 
         ``client_gone`` resolves when the client disconnects; it is only watched while the
-        request waits in the queue, so the common path costs nothing extra.
+        request waits in the queue, so the common path costs nothing extra. ``affinity``
+        carries the request's pins, read and moved by the same script call.
         """
         if self.closing:
             raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
         ticket = uuid.uuid4().hex
-        result = await self._try(model, ticket, want)
+        result = await self._try(model, ticket, want, affinity)
         if isinstance(result, Granted):
             return self._hold(result, queued_ms=None)
         if isinstance(result, Refused):
             raise self._refusal(model, result, want)
-        return await self._wait(model, ticket, result, client_gone, want)
+        return await self._wait(model, ticket, result, client_gone, want, affinity)
 
-    async def _try(self, model: str, ticket: str, want: Want) -> Granted | Queued | Refused:
+    async def _try(
+        self, model: str, ticket: str, want: Want, affinity: Affinity
+    ) -> Granted | Queued | Refused:
         return await self._scripts.acquire(
             model=model,
             lease_id=uuid.uuid4().hex,
@@ -114,6 +128,7 @@ class Dispatcher:
             forget_ms=self._limits.forget_ms,
             family=want.family,
             response_id=want.response_id,
+            affinity=affinity,
         )
 
     def _hold(self, granted: Granted, queued_ms: float | None) -> Lease:
@@ -122,6 +137,7 @@ class Dispatcher:
             node_id=granted.node_id,
             url=f"http://{_host(granted.ip_address)}:{granted.port}",
             queued_ms=queued_ms,
+            affinity=granted.affinity,
         )
         self._leases[lease.lease_id] = lease.node_id
         return lease
@@ -158,6 +174,7 @@ class Dispatcher:
         queued: Queued,
         client_gone: Callable[[], Awaitable[object]] | None,
         want: Want,
+        affinity: Affinity,
     ) -> Lease:
         started = time.monotonic()
         deadline = started + self._limits.queue_timeout_s
@@ -185,7 +202,7 @@ class Dispatcher:
                 waiter.wake.clear()
                 if waiter.abandoned:
                     continue
-                result = await self._try(model, ticket, want)
+                result = await self._try(model, ticket, want, affinity)
                 if isinstance(result, Granted):
                     granted = True
                     return self._hold(result, (time.monotonic() - started) * 1000)

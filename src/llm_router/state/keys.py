@@ -94,6 +94,10 @@ class Keys:
         """zset: model → end of the node's cool-down for that model (ms)."""
         return f"{self.base}excluded:{node_id}"
 
+    def pin(self, affinity_key: str) -> str:
+        """string: node id that last served requests with this affinity key (TTL)."""
+        return f"{self.base}pin:{affinity_key}"
+
     def unsupported(self, node_id: str) -> str:
         """zset: endpoint family → end of the cool-down during which the node is not asked
         for it (it answered 404/405/501 for the endpoint itself)."""

@@ -23,7 +23,7 @@ from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts, ModelEntry
 
 # Fields stored as JSON on the node hash; every other field is a plain string.
 _JSON_FIELDS = frozenset(
-    {"gpu_devices", "models", "executable_models", "loaded_models", "ready_models"}
+    {"gpu_devices", "models", "executable_models", "loaded_models", "ready_models", "runtime_load"}
 )
 _INT_FIELDS = frozenset(
     {"runtime_port", "node_api_port", "gpu_count", "max_concurrency", "active_requests"}
@@ -201,6 +201,8 @@ class NodeRegistry:
         fields: dict[str, Any] = dict(beat.metrics())
         if beat.loaded_models is not None:
             fields["loaded_models"] = beat.loaded_models
+        if beat.runtime_load is not None:
+            fields["runtime_load"] = beat.runtime_load.model_dump(exclude_none=True)
         if beat.gpu_backend is not None:
             fields["gpu_backend"] = beat.gpu_backend.value
         if beat.initializing is not None:

@@ -1,7 +1,8 @@
 """The fleet's Lua scripts: loaded once from package files, called through typed wrappers.
 
-Every script is ``lib.lua`` (key builders, scoring, liveness helpers) followed by its own
-file; each file's header names its KEYS and ARGV. Scripts run with EVALSHA and fall back to
+Every script is ``lib.lua`` (key builders, scoring, liveness helpers), then the helper
+libraries it needs (``_LIBRARIES``), then its own file; each file's header names its KEYS and
+ARGV. Scripts run with EVALSHA and fall back to
 loading on NOSCRIPT (a restarted or failed-over Redis), which redis-py's Script does.
 Redis errors are translated here, at the boundary, into ``StateStoreUnavailable``.
 """
@@ -51,13 +52,33 @@ STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Helper files a script needs between ``lib.lua`` and its own file.
+_LIBRARIES: dict[str, tuple[str, ...]] = {"acquire": ("affinity",)}
+
+
 def _load_source(name: str) -> str:
     lua = resources.files("llm_router.state") / "lua"
-    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    parts = ("lib", *_LIBRARIES.get(name, ()), name)
+    return "\n".join((lua / f"{part}.lua").read_text() for part in parts)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Affinity:
+    """What a request's affinity keys asked of the acquire step."""
+
+    keys: tuple[str, ...] = ()
+    ttl_ms: int = 0
+    #: How much busier (in utilisation units, 1e6 = a whole node) the pinned node may be
+    #: than the least loaded candidate and still keep the request.
+    margin: int = 0
+
+
+#: No affinity: no pin is read or written.
+NO_AFFINITY = Affinity()
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,8 @@ class Granted:
     port: int
     in_flight: int
     max_concurrency: int
+    #: "" (no affinity keys), "new", "hit" or "moved:<why>" (unavailable, full, loaded).
+    affinity: str = ""
 
 
 @dataclass(frozen=True)
@@ -258,6 +281,7 @@ class FleetScripts:
         forget_ms: int,
         family: str = "",
         response_id: str = "",
+        affinity: Affinity = NO_AFFINITY,
     ) -> AcquireResult:
         result = await self._call(
             "acquire",
@@ -270,6 +294,9 @@ class FleetScripts:
             forget_ms,
             family,
             response_id,
+            affinity.ttl_ms if affinity.keys else 0,
+            affinity.margin,
+            *affinity.keys,
         )
         kind = _text(result[0])
         if kind == "ok":
@@ -280,6 +307,7 @@ class FleetScripts:
                 port=int(result[3]),
                 in_flight=int(result[4]),
                 max_concurrency=int(result[5]),
+                affinity=_text(result[6]),
             )
         if kind == "queued":
             return Queued(position=int(result[1]), arrival_us=int(_text(result[2])))

@@ -11,8 +11,12 @@
 -- ARGV[8]  endpoint family, or "": nodes that recently declined it (404/405/501) are skipped
 -- ARGV[9]  stored response id, or "": the request must go to the node that created it, and
 --          only there (a hard constraint, not a preference)
+-- ARGV[10] affinity pin TTL (ms); 0 or absent: affinity off for this request
+-- ARGV[11] affinity margin, in utilisation units (1e6 = a whole node)
+-- ARGV[12..] affinity keys, most specific first (none: no affinity)
 -- Returns
---   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency}
+--   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity}
+--       affinity: "" (no keys), "new" (no pin), "hit", or "moved:unavailable|full|loaded"
 --   {"queued", position, arrival_us}   ticket ARGV[4] is (now) in the queue
 --   {"queue_full", length}
 --   {"no_capable"}                     known model, no node that could take it at all
@@ -38,10 +42,10 @@ local function leave_queue(queued)
   end
 end
 
-local pinned = nil
+local stored_on = nil
 if response_id ~= '' then
-  pinned = redis.call('HGET', k_response(response_id), 'node')
-  if not pinned or tonumber(redis.call('ZSCORE', k_alive(), pinned) or '0') <= now then
+  stored_on = redis.call('HGET', k_response(response_id), 'node')
+  if not stored_on or tonumber(redis.call('ZSCORE', k_alive(), stored_on) or '0') <= now then
     leave_queue(redis.call('ZCARD', qkey))
     return {'response_gone'}
   end
@@ -70,6 +74,25 @@ if not my_turn then
   my_turn = redis.call('ZRANGE', qkey, 0, 0)[1] == ticket
 end
 
+-- A node may take this request if it is alive, taking requests and not cooling down for the
+-- model; returns its routing fields then.
+local function usable(id)
+  local f = routing_fields(id)
+  local alive_until = tonumber(redis.call('ZSCORE', k_alive(), id) or '0')
+  local cooling = tonumber(redis.call('ZSCORE', k_excluded(id), model) or '0')
+  if alive_until <= now or f[1] == '1' or f[2] == '1' or cooling > now then return nil end
+  return f
+end
+
+-- A usable node's real state: in-flight count (expired leases pruned) and score.
+local function candidate(id, f)
+  local inflight = in_flight(id, now)
+  local base, maxc = score_of(f, inflight)
+  local warm = warm_set(f)
+  return {id = id, f = f, inflight = inflight, base = base, warm = warm, maxc = maxc,
+    score = model_score(base, warm, model), util = math.floor(base / UTIL_UNIT)}
+end
+
 -- The load index is ordered by stored score. Take the best stored score, rotate among the
 -- nodes sharing it, and check only the one picked: alive, taking requests for this model,
 -- real in-flight count (expired leases pruned). An entry that fails the check is removed
@@ -78,70 +101,121 @@ end
 local load_key = k_model_load(model)
 local any_capable, any_refusing = false, false
 
-local function grant(pick, f, inflight)
-  redis.call('ZADD', k_leases(pick), now + lease_ttl, lease_id)
-  inflight = inflight + 1
-  local new_score, maxc = score_of(f, inflight)
-  update_scores_for(decode_list(f[6]), pick, new_score)
+local function best_candidate()
+  local skipped, nskipped = {}, 0
+  for _ = 1, 16 do
+    -- The best few entries in one read, minus the nodes already looked past; those sharing
+    -- the best stored score form the rotation pool.
+    local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0,
+      8 + nskipped, 'WITHSCORES')
+    local head = {}
+    for i = 1, #raw, 2 do
+      if not skipped[raw[i]] then
+        head[#head + 1] = raw[i]
+        head[#head + 1] = raw[i + 1]
+      end
+    end
+    if #head == 0 then return nil end
+    local top = tonumber(head[2])
+    local pick = head[1]
+    if top < FULL then
+      local pool = 1
+      while pool * 2 + 2 <= #head and tonumber(head[pool * 2 + 2]) == top do pool = pool + 1 end
+      if pool > 1 then
+        pick = head[((redis.call('INCR', k_model_rr(model)) % pool) * 2) + 1]
+      end
+    end
+    local f = usable(pick)
+    if not f then
+      redis.call('ZREM', load_key, pick)
+    elseif refuses(pick) then
+      -- It declined this endpoint family lately: look past it, but leave the index alone
+      -- (its other endpoints still route here).
+      skipped[pick], nskipped, any_refusing = true, nskipped + 1, true
+    else
+      any_capable = true
+      local c = candidate(pick, f)
+      if c.score < FULL and c.score <= top then return c end
+      if c.score == top then return nil end  -- accurate and full: every node is full
+      update_scores_for(decode_list(f[6]), pick, c.base, c.warm)
+    end
+  end
+  return nil
+end
+
+-- The pinned node as a candidate, or nil when it cannot take this model now (gone, drained,
+-- excluded, no longer serving it, declining this endpoint). A stale index entry is
+-- repaired as above.
+local function pinned_candidate(id)
+  if not redis.call('ZSCORE', load_key, id) then return nil end
+  local f = usable(id)
+  if not f then
+    redis.call('ZREM', load_key, id)
+    return nil
+  end
+  if refuses(id) then return nil end
+  any_capable = true
+  return candidate(id, f)
+end
+
+local function grant(c, affinity)
+  redis.call('ZADD', k_leases(c.id), now + lease_ttl, lease_id)
+  local inflight = c.inflight + 1
+  update_scores_for(decode_list(c.f[6]), c.id, (score_of(c.f, inflight)), c.warm)
   leave_queue(queued)
-  return {'ok', pick, f[7], f[8], inflight, maxc}
+  return {'ok', c.id, c.f[7], c.f[8], inflight, c.maxc, affinity}
 end
 
 -- A stored response lives on one node: that node or nothing (its liveness was checked
 -- above; draining does not stop it answering for what it already holds).
-if pinned then
+if stored_on then
   if my_turn then
-    local f = routing_fields(pinned)
-    local inflight = in_flight(pinned, now)
-    local _, maxc = score_of(f, inflight)
-    if inflight < maxc then return grant(pinned, f, inflight) end
+    local f = routing_fields(stored_on)
+    local c = candidate(stored_on, f)
+    if c.inflight < c.maxc then return grant(c, '') end
   end
   my_turn, any_capable = false, true
 end
 
-local passes = 0
-local skipped, nskipped = {}, 0
-while my_turn and passes < 16 do
-  passes = passes + 1
-  -- The best few entries in one read, minus the nodes already looked past; those sharing
-  -- the best stored score form the rotation pool.
-  local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0,
-    8 + nskipped, 'WITHSCORES')
-  local head = {}
-  for i = 1, #raw, 2 do
-    if not skipped[raw[i]] then
-      head[#head + 1] = raw[i]
-      head[#head + 1] = raw[i + 1]
-    end
-  end
-  if #head == 0 then break end
-  local top = tonumber(head[2])
-  local pick = head[1]
-  if top < FULL then
-    local pool = 1
-    while pool * 2 + 2 <= #head and tonumber(head[pool * 2 + 2]) == top do pool = pool + 1 end
-    if pool > 1 then
-      pick = head[((redis.call('INCR', k_model_rr(model)) % pool) * 2) + 1]
-    end
-  end
+-- Utilisation of the best stored score (lazily repaired, so a bound, not a verified fact).
+local function stored_best_util()
+  local head = redis.call('ZRANGE', load_key, 0, 0, 'WITHSCORES')
+  if #head == 0 then return nil end
+  return math.floor(math.min(tonumber(head[2]), FULL) / UTIL_UNIT)
+end
 
-  local f = routing_fields(pick)
-  local alive_until = tonumber(redis.call('ZSCORE', k_alive(), pick) or '0')
-  local cooling = tonumber(redis.call('ZSCORE', k_excluded(pick), model) or '0')
-  if alive_until <= now or f[1] == '1' or f[2] == '1' or cooling > now then
-    redis.call('ZREM', load_key, pick)
-  elseif refuses(pick) then
-    -- It declined this endpoint family lately: look past it, but leave the index alone
-    -- (its other endpoints still route here).
-    skipped[pick], nskipped, any_refusing = true, nskipped + 1, true
+-- Affinity first: a pinned node that is usable, has a free slot and is within the margin of
+-- the best stored score takes the request without the best being verified (the common
+-- hit costs a few commands over no affinity). Otherwise the best is verified and the
+-- bounded-load rule decides against it, so a pin only ever loses to a real node.
+local function choose(pin_keys, margin)
+  local pinned = pinned_node(pin_keys)
+  if not pinned then return best_candidate(), 'new' end
+  local p = pinned_candidate(pinned)
+  if p ~= nil and p.score < FULL then
+    local best_util = stored_best_util()
+    if best_util == nil or p.util <= best_util + margin then return p, 'hit' end
+  end
+  local best = best_candidate()
+  if best ~= nil and best.id == pinned then return best, 'hit' end
+  return bounded_choice(p, best, margin)
+end
+
+if my_turn then
+  local pin_ttl, margin = tonumber(ARGV[10] or '0') or 0, tonumber(ARGV[11] or '0') or 0
+  local pin_keys = {}
+  if pin_ttl > 0 then
+    for i = 12, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
+  end
+  local choice, affinity
+  if #pin_keys > 0 then
+    choice, affinity = choose(pin_keys, margin)
   else
-    any_capable = true
-    local inflight = in_flight(pick, now)
-    local score = score_of(f, inflight)
-    local models = decode_list(f[6])
-    if score < FULL and score <= top then return grant(pick, f, inflight) end
-    if score == top then break end  -- accurate and full: every node is full
-    update_scores_for(models, pick, score)
+    choice, affinity = best_candidate(), ''
+  end
+  if choice ~= nil then
+    if #pin_keys > 0 then write_pins(pin_keys, choice.id, pin_ttl) end
+    return grant(choice, affinity)
   end
 end
 

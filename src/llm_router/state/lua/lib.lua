@@ -4,15 +4,21 @@
 --          all of them hash to one Cluster slot and may be built inside the script.
 --
 -- Times are milliseconds since the epoch on the Redis clock (TIME), never a replica's.
--- A node's routing score packs, most significant first:
---   utilisation (in-flight / max_concurrency, 0..1e6)  * 1e7
---   + capability gap (10000 - gpu_capability_score)     * 1e3
---   + latency bucket (average response time / 100 ms, 0..999)
--- so ZRANGE BYSCORE on model:<m>:load yields the least loaded, most capable, fastest node
--- first, and every score >= FULL means "no free slot".
+-- A node's routing score in the load index of one model packs, most significant first:
+--   utilisation (in-flight / max_concurrency, 0..1e6)        * 1e9
+--   + cold (1 when the node reports loaded_models without it)  * 1e8
+--   + runtime pressure (runtime_load: waiting + kv use, 0..9)  * 1e7
+--   + capability gap (10000 - gpu_capability_score, 0..9999)   * 1e2
+--   + latency bucket (average response time / 100 ms, 0..99)
+-- so ZRANGE BYSCORE on model:<m>:load yields the least loaded node first and, among equally
+-- loaded ones, a warm one before one that would have to load the model, then the least
+-- pressed, most capable and fastest; every score >= FULL means "no free slot". The fields
+-- never overlap and the largest score stays far below 2^53, so doubles hold them exactly.
 
 local BASE = KEYS[1]
-local FULL = 1e13
+local FULL = 1e15
+local UTIL_UNIT = 1e9
+local COLD = 1e8
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -81,27 +87,52 @@ end
 
 -- The fields routing needs, read with one HMGET: draining, initializing, max_concurrency,
 -- gpu_capability_score, average_response_time_ms, executable_models, ip_address,
--- node_api_port.
+-- node_api_port, loaded_models, runtime_load.
 local function routing_fields(id)
   return redis.call('HMGET', k_node(id), 'draining', 'initializing', 'max_concurrency',
     'gpu_capability_score', 'average_response_time_ms', 'executable_models', 'ip_address',
-    'node_api_port')
+    'node_api_port', 'loaded_models', 'runtime_load')
 end
 
+-- What the runtime says about its own queue and memory, folded into 0..9: requests waiting
+-- inside it, plus its KV cache use in fifths. Absent or unreadable: 0 (no opinion).
+local function runtime_pressure(raw)
+  if not raw then return 0 end
+  local ok, load = pcall(cjson.decode, raw)
+  if not ok or type(load) ~= 'table' then return 0 end
+  local waiting = tonumber(load['waiting']) or 0
+  local kv = tonumber(load['kv_cache_usage']) or 0
+  local p = math.max(waiting, 0) + math.floor(math.min(math.max(kv, 0), 1) * 5)
+  return math.min(math.floor(p), 9)
+end
+
+-- The node's score without the per-model warm bit, and its capacity.
 local function score_of(f, inflight)
   local maxc = tonumber(f[3]) or 1
   if maxc < 1 then maxc = 1 end
   local util = math.floor(math.min(inflight, maxc) * 1000000 / maxc)
-  local cap = math.floor(math.min(math.max(tonumber(f[4]) or 0, 0), 10000))
-  local lat = math.floor(math.min(math.max(tonumber(f[5]) or 0, 0), 99900) / 100)
-  return util * 1e7 + (10000 - cap) * 1e3 + lat, maxc
+  local cap = math.floor(math.min(math.max(tonumber(f[4]) or 0, 0), 9999))
+  local lat = math.floor(math.min(math.max(tonumber(f[5]) or 0, 0), 9999) / 100)
+  return util * UTIL_UNIT + runtime_pressure(f[10]) * 1e7 + (9999 - cap) * 1e2 + lat, maxc
+end
+
+-- Models the node holds in memory, as a set; nil when it does not say (then every model
+-- counts as warm: no report is no reason to avoid a node).
+local function warm_set(f)
+  if not f[9] then return nil end
+  return as_set(decode_list(f[9]))
+end
+
+local function model_score(base, warm, m)
+  if warm == nil or warm[m] then return base end
+  return base + COLD
 end
 
 -- Rewrite the node's score in the load index of each model it already sits in.
 -- XX: membership is decided by sync_load_membership (heartbeat, drain, exclusion), not here.
-local function update_scores_for(models, id, score)
+local function update_scores_for(models, id, score, warm)
   for _, m in ipairs(models) do
-    redis.call('ZADD', k_model_load(m), 'XX', score, id)
+    redis.call('ZADD', k_model_load(m), 'XX', model_score(score, warm, m), id)
   end
 end
 
@@ -119,13 +150,14 @@ local function sync_load_membership(id, now)
   local f = routing_fields(id)
   local models = decode_list(f[6])
   local score = score_of(f, in_flight(id, now))
+  local warm = warm_set(f)
   local resting = f[1] == '1' or f[2] == '1'
   local excluded = excluded_now(id, now)
   for _, m in ipairs(models) do
     if resting or excluded[m] then
       redis.call('ZREM', k_model_load(m), id)
     else
-      redis.call('ZADD', k_model_load(m), score, id)
+      redis.call('ZADD', k_model_load(m), model_score(score, warm, m), id)
     end
   end
 end

@@ -39,7 +39,7 @@ for k = 0, tonumber(ARGV[1]) - 1 do
       redis.call('PEXPIRE', key, response_ttl)
     end
     local models = decode_list(f[6])
-    update_scores_for(models, id, (score_of(f, inflight)))
+    update_scores_for(models, id, (score_of(f, inflight)), warm_set(f))
     for _, m in ipairs(models) do
       if not woken[m] then
         woken[m] = true
