@@ -200,23 +200,48 @@ def _table(*columns: str) -> Table:
 
 
 def _nodes_table(rows: list[dict[str, Any]], now_s: float) -> Table:
-    table = _table("ID", "MACHINE", "ADDRESS", "BACKEND", "STATUS", "LOAD", "SEEN", "MODELS")
+    table = _table(
+        "ID", "MACHINE", "ADDRESS", "BACKEND", "STATUS", "RUNTIME", "LOAD", "SEEN", "MODELS"
+    )
     for node in rows:
         excluded = node.get("excluded_models") or {}
+        loaded = set(node.get("loaded_models") or [])
         models = ", ".join(
-            f"{m} (excluded)" if m in excluded else m for m in node["executable_models"]
+            m + (" (excluded)" if m in excluded else "") + (" (loaded)" if m in loaded else "")
+            for m in node["executable_models"]
         )
+        source = node.get("max_concurrency_source")
         table.add_row(
             str(node["id"]),
             str(node.get("machine_name", "")),
             f"{node.get('ip_address', '')}:{node.get('node_api_port', '')}",
             str(node.get("gpu_backend", "")),
             str(node["status"]),
-            f"{node['in_flight']}/{node.get('max_concurrency', '?')}",
+            _runtime_text(node),
+            f"{node['in_flight']}/{node.get('max_concurrency', '?')}"
+            + (f" ({source})" if source else ""),
             _ago(node.get("last_seen"), now_s),
             models or "-",
         )
     return table
+
+
+def _runtime_text(node: dict[str, Any]) -> str:
+    """``ready llamacpp b1234, 1 running 0 waiting``: status, kind, version, its own load."""
+    head = " ".join(
+        str(part)
+        for part in (
+            node.get("runtime_status") or "-",
+            node.get("runtime_kind"),
+            node.get("runtime_version"),
+        )
+        if part
+    )
+    load = node.get("runtime_load") or {}
+    figures = [f"{load[k]} {k}" for k in ("running", "waiting") if k in load]
+    if "kv_cache_usage" in load:
+        figures.append(f"kv {round(100 * float(load['kv_cache_usage']))}%")
+    return head + (", " + " ".join(figures) if figures else "")
 
 
 def _models_table(rows: list[dict[str, Any]]) -> Table:

@@ -61,6 +61,23 @@ class NodeStatus(StrEnum):
     DRAINING = "draining"
 
 
+class RuntimeStatus(StrEnum):
+    """How the runtime behind a node answered its agent (BRIEF §3, §12)."""
+
+    READY = "ready"
+    LOADING = "loading"
+    UNREACHABLE = "unreachable"
+    UNAUTHORIZED = "unauthorized"
+
+
+class CapacitySource(StrEnum):
+    """Where a node's max_concurrency came from."""
+
+    FLAG = "flag"
+    RUNTIME = "runtime"
+    DEFAULT = "default"
+
+
 class _Wire(BaseModel):
     # Unknown fields are ignored, not rejected: newer agents may send more than we know.
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
@@ -72,11 +89,39 @@ class GpuDevice(_Wire):
     memory: float | None = Field(default=None, ge=0, description="MB")
 
 
-class RegisterRequest(_Wire):
+class RuntimeLoad(_Wire):
+    """The runtime's own load figures, as it reports them; every key optional."""
+
+    running: int | None = Field(default=None, ge=0, le=1_000_000)
+    waiting: int | None = Field(default=None, ge=0, le=1_000_000)
+    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
+
+
+class _RuntimeFields(_Wire):
+    """Runtime fields a node may send on registration and on every heartbeat."""
+
+    runtime_status: RuntimeStatus | None = None
+    runtime_kind: ShortText | None = None
+    runtime_version: ShortText | None = None
+    runtime_load: RuntimeLoad | None = None
+    max_concurrency_source: CapacitySource | None = None
+
+    def runtime_record(self) -> dict[str, Any]:
+        """The runtime fields present, ready to store (None = not sent, keep the old value)."""
+        out: dict[str, Any] = {}
+        for name in ("runtime_status", "runtime_kind", "runtime_version", "max_concurrency_source"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = str(value)
+        if self.runtime_load is not None:
+            out["runtime_load"] = self.runtime_load.model_dump(exclude_none=True)
+        return out
+
+
+class RegisterRequest(_RuntimeFields):
     machine_name: Name
     ip_address: IPvAnyAddress
     runtime_port: Port
-    runtime_version: ShortText | None = None
     node_api_port: Port | None = None
     gpu_available: bool | None = None
     gpu_devices: Annotated[list[GpuDevice], Field(max_length=64)] = Field(default_factory=list)
@@ -87,6 +132,7 @@ class RegisterRequest(_Wire):
     models: ModelList | None = None
     max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
     gpu_capability_score: float | None = Field(default=None, ge=0, le=10000)
+    loaded_models: ModelList | None = None
 
     @field_validator("ip_address", mode="before")
     @classmethod
@@ -115,15 +161,7 @@ class ReadyModels(_Wire):
     total: int = Field(ge=0)
 
 
-class RuntimeLoad(_Wire):
-    """How busy the runtime says it is (any key may be missing)."""
-
-    running: int | None = Field(default=None, ge=0, le=1_000_000)
-    waiting: int | None = Field(default=None, ge=0, le=1_000_000)
-    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
-
-
-class HeartbeatRequest(_Wire):
+class HeartbeatRequest(_RuntimeFields):
     node_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     cpu_usage: Percent = 0.0
     memory_usage: Percent = 0.0
@@ -138,7 +176,6 @@ class HeartbeatRequest(_Wire):
     gpu_capability_score: float | None = Field(default=None, ge=0, le=10000)
     average_response_time_ms: float | None = Field(default=None, ge=0)
     loaded_models: ModelList | None = None
-    runtime_load: RuntimeLoad | None = None
     executable_models: ModelList | None = None
     gpu_backend: GpuBackend | None = None
     models: ModelList | None = None

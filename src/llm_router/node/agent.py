@@ -14,11 +14,12 @@ import httpx
 
 from llm_router.gpu import ModelSpec
 from llm_router.node.app import RuntimeProxy, create_node_app
-from llm_router.node.catalog import load_catalog, merge_models
+from llm_router.node.catalog import load_catalog
 from llm_router.node.detect import GpuInfo, GpuMetrics, declared_gpu, get_gpu_backend
 from llm_router.node.detect import read_gpu_metrics as probe_gpu_metrics
 from llm_router.node.heartbeat import Heartbeat, RouterClient
-from llm_router.node.runtime import RuntimeUnavailable, discover_models
+from llm_router.node.monitor import RuntimeMonitor
+from llm_router.node.runtimes import RuntimeHttp, RuntimeKind, make_adapter
 from llm_router.node.server import make_server, start_server, stop_server
 from llm_router.node.settings import AgentSettings, NodeSettings
 from llm_router.node.state import Inventory, NodeState
@@ -46,48 +47,10 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-async def _refresh(
-    state: NodeState, http: httpx.AsyncClient, runtime_url: str, catalog: Sequence[ModelSpec]
-) -> bool:
-    try:
-        specs = await discover_models(http, runtime_url)
-    except RuntimeUnavailable as exc:
-        if state.runtime_ready:
-            log.warning("%s; keeping the last known model list", exc)
-        return False
-    inventory = Inventory.build(state.gpu.backend, merge_models(catalog, specs))
-    if inventory != state.inventory or not state.runtime_ready:
-        skipped = [m for m in inventory.installed if m not in inventory.executable]
-        log.info(
-            "backend %s: executable %s%s",
-            inventory.backend,
-            list(inventory.executable),
-            f"; installed but not executable here {skipped}" if skipped else "",
-        )
-    state.inventory = inventory
-    state.runtime_ready = True
-    return True
-
-
-async def _wait_for_runtime(
-    state: NodeState,
-    http: httpx.AsyncClient,
-    runtime_url: str,
-    catalog: Sequence[ModelSpec],
-    stop: asyncio.Event,
-) -> bool:
-    delay = 0.2
-    warned = False
-    while not stop.is_set():
-        if await _refresh(state, http, runtime_url, catalog):
-            return True
-        if not warned:
-            log.warning("waiting for the runtime at %s to list its models", runtime_url)
-            warned = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, 5.0)
-    return False
+def _quiet_http_client_logs() -> None:
+    # httpx logs every request at INFO: one line per heartbeat and runtime reading.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
 
 async def run_agent(
@@ -98,11 +61,19 @@ async def run_agent(
     *,
     stop: asyncio.Event | None = None,
     runtime_version: str | None = None,
+    runtime_kind: RuntimeKind = RuntimeKind.AUTO,
+    runtime_api_key: str | None = None,
 ) -> int:
-    """Run the agent in front of ``runtime_url`` until ``stop`` is set or SIGTERM/SIGINT."""
+    """Run the agent in front of ``runtime_url`` until ``stop`` is set or SIGTERM/SIGINT.
+
+    ``runtime_version`` stands in for a runtime that does not report its own.
+    """
     stop = stop or asyncio.Event()
+    _quiet_http_client_logs()
     state = NodeState(gpu, Inventory.build(gpu.backend, catalog), settings.machine_name)
-    proxy = RuntimeProxy(runtime_url, state, timeout_s=settings.runtime_timeout_s)
+    proxy = RuntimeProxy(
+        runtime_url, state, timeout_s=settings.runtime_timeout_s, api_key=runtime_api_key
+    )
     server = make_server(
         create_node_app(state, proxy), settings.host, settings.port, settings.log_level
     )
@@ -120,30 +91,33 @@ async def run_agent(
 
     with _stop_on_signals(stop):
         async with httpx.AsyncClient(timeout=CONTROL_TIMEOUT_S) as http:
-
-            async def refresh() -> None:
-                await _refresh(state, http, runtime_url, catalog)
-
+            monitor = RuntimeMonitor(
+                state,
+                make_adapter(runtime_kind),
+                RuntimeHttp(http, runtime_url, runtime_api_key),
+                catalog,
+                max_concurrency=settings.max_concurrency,
+                version_override=runtime_version,
+            )
             heartbeat = Heartbeat(
                 settings,
                 state,
                 RouterClient(http, settings.router_url, settings.node_key),
-                refresh_models=refresh,
+                refresh_runtime=monitor.refresh,
                 read_gpu_metrics=gpu_metrics if gpu.gpu_available else None,
-                runtime_version=runtime_version,
             )
-            beating: asyncio.Task[None] | None = None
-            if await _wait_for_runtime(state, http, runtime_url, catalog, stop):
-                beating = asyncio.create_task(heartbeat.run(stop))
+            # Registered whatever the runtime says: the router then shows the node and
+            # why it takes no requests, and routes to it from its first ready heartbeat.
+            await monitor.refresh()
+            beating = asyncio.create_task(heartbeat.run(stop))
             await stop.wait()
 
             log.info(
                 "stopping: leaving routing, then draining %d request(s)", state.active_requests
             )
-            if beating is not None:
-                beating.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beating
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
             # Out of routing first, so the router sends nothing new while we drain.
             await heartbeat.deregister()
         if not await state.wait_idle(settings.drain_timeout_s):
@@ -172,4 +146,12 @@ async def run_node(settings: NodeSettings, *, stop: asyncio.Event | None = None)
         gpu.backend,
         f" ({gpu.gpu_count} x {gpu.gpu_model})" if gpu.devices else "",
     )
-    return await run_agent(settings, settings.runtime_url, gpu, catalog, stop=stop)
+    return await run_agent(
+        settings,
+        settings.runtime_url,
+        gpu,
+        catalog,
+        stop=stop,
+        runtime_kind=settings.runtime_kind,
+        runtime_api_key=settings.runtime_api_key,
+    )

@@ -118,9 +118,12 @@ class RuntimeProxy:
         *,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 5.0,
+        api_key: str | None = None,
     ) -> None:
         self.runtime_url = runtime_url.rstrip("/")
         self.state = state
+        # The runtime's own key replaces the router's credential, which never leaves here.
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=timeout_s
         )
@@ -228,6 +231,7 @@ class RuntimeProxy:
             for k, v in scope["headers"]
             if k in _FORWARD_REQUEST_HEADERS
         }
+        headers.update(self._auth)
         tracing.inject(headers)
         try:
             response = await self._session.request(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 
 from llm_router.node.detect import GpuInfo, GpuMetrics
 from llm_router.node.load import LoadSampler
+from llm_router.node.runtimes.base import RuntimeStatus
 from llm_router.node.settings import AgentSettings
 from llm_router.node.state import NodeState
 
@@ -50,9 +50,28 @@ def _error_message(response: httpx.Response) -> str:
     return response.text[:300]
 
 
-def register_body(
-    settings: AgentSettings, state: NodeState, runtime_version: str | None = None
-) -> dict[str, Any]:
+def runtime_fields(state: NodeState) -> dict[str, Any]:
+    """What the agent knows of its runtime (BRIEF §3). A runtime that is not ready
+    advertises no executable model: its last list is history, not a promise."""
+    report = state.runtime
+    ready = state.runtime_ready
+    executable = list(state.inventory.executable) if ready else []
+    body: dict[str, Any] = {
+        "executable_models": executable,
+        "loaded_models": [m for m in report.loaded if m in executable],
+        "runtime_status": str(report.status),
+        "runtime_load": dict(report.load),
+        "max_concurrency": state.max_concurrency,
+        "max_concurrency_source": state.max_concurrency_source,
+    }
+    if state.runtime_kind:
+        body["runtime_kind"] = state.runtime_kind
+    if report.version:
+        body["runtime_version"] = report.version
+    return body
+
+
+def register_body(settings: AgentSettings, state: NodeState) -> dict[str, Any]:
     gpu: GpuInfo = state.gpu
     inventory = state.inventory
     body: dict[str, Any] = {
@@ -64,39 +83,35 @@ def register_body(
         "gpu_devices": [d.wire() for d in gpu.devices],
         "gpu_count": gpu.gpu_count,
         "gpu_backend": str(gpu.backend),
-        "executable_models": list(inventory.executable),
         "models": inventory.installed,
-        "max_concurrency": settings.max_concurrency,
+        **runtime_fields(state),
     }
     if gpu.gpu_model:
         body["gpu_model"] = gpu.gpu_model
     if gpu.capability_score is not None:
         body["gpu_capability_score"] = gpu.capability_score
-    if runtime_version:
-        body["runtime_version"] = runtime_version
     return body
 
 
 def heartbeat_body(
     node_id: str,
-    settings: AgentSettings,
     state: NodeState,
     load: LoadSampler,
     gpu_metrics: GpuMetrics | None,
 ) -> dict[str, Any]:
     inventory = state.inventory
-    executable = list(inventory.executable)
+    runtime = runtime_fields(state)
+    executable = runtime["executable_models"]
     body: dict[str, Any] = {
         "node_id": node_id,
         "cpu_usage": load.cpu_percent(),
         "memory_usage": load.memory_percent(),
         "active_requests": state.active_requests,
-        "executable_models": executable,
         "models": inventory.installed,
         "gpu_backend": str(inventory.backend),
-        "initializing": not state.runtime_ready,
-        "ready_models": [len(executable), len(executable)],
-        "max_concurrency": settings.max_concurrency,
+        "initializing": state.runtime.status is RuntimeStatus.LOADING,
+        "ready_models": [len(executable), len(inventory.executable)],
+        **runtime,
     }
     if state.average_response_time_ms is not None:
         body["average_response_time_ms"] = round(state.average_response_time_ms, 3)
@@ -169,16 +184,14 @@ class Heartbeat:
         state: NodeState,
         client: RouterClient,
         *,
-        refresh_models: Callable[[], Awaitable[None]] | None = None,
+        refresh_runtime: Callable[[], Awaitable[object]] | None = None,
         read_gpu_metrics: Callable[[], Awaitable[GpuMetrics | None]] | None = None,
-        runtime_version: str | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.client = client
-        self.refresh_models = refresh_models
+        self.refresh_runtime = refresh_runtime
         self.read_gpu_metrics = read_gpu_metrics
-        self.runtime_version = runtime_version
         self.load = LoadSampler()
         self.registration: Registration | None = None
         self.registrations = 0
@@ -190,7 +203,7 @@ class Heartbeat:
         while not stop.is_set():
             try:
                 registration = await self.client.register(
-                    register_body(self.settings, self.state, self.runtime_version)
+                    register_body(self.settings, self.state)
                 )
             except (httpx.HTTPError, RegistrationRejected, ValueError) as exc:
                 problem = str(exc) or type(exc).__name__
@@ -220,22 +233,20 @@ class Heartbeat:
     async def beat(self) -> int:
         assert self.registration is not None
         metrics = await self.read_gpu_metrics() if self.read_gpu_metrics else None
-        body = heartbeat_body(
-            self.registration.node_id, self.settings, self.state, self.load, metrics
-        )
+        body = heartbeat_body(self.registration.node_id, self.state, self.load, metrics)
         status = await self.client.heartbeat(self.registration, body)
         self.heartbeats_sent += 1
         return status
 
     async def run(self, stop: asyncio.Event) -> None:
         registration = await self.register_until_accepted(stop)
-        next_refresh = time.monotonic() + self.settings.models_refresh_s
         while registration is not None and not stop.is_set():
             if await _sleep_or_stop(stop, registration.heartbeat_interval_s):
                 return
-            if self.refresh_models is not None and time.monotonic() >= next_refresh:
-                next_refresh = time.monotonic() + self.settings.models_refresh_s
-                await self.refresh_models()
+            # Every heartbeat carries a fresh reading: a dead runtime leaves routing on the
+            # next beat, a returning one comes back on the first beat after it answers.
+            if self.refresh_runtime is not None:
+                await self.refresh_runtime()
             try:
                 status = await self.beat()
             except httpx.HTTPError as exc:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llm_router.gpu import GpuBackend
+from llm_router.node.runtimes.base import RuntimeKind
 from llm_router.protocol import validate_model_id
 from llm_router.settings import LogFormat, LogLevel
 
@@ -52,8 +53,11 @@ class AgentSettings(BaseSettings):
         max_length=255,
         description="node name; (machine_name, runtime_port) is the node's identity",
     )
-    max_concurrency: int = Field(
-        default=4, ge=1, le=100_000, description="requests this node runs at once"
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="requests this node runs at once (default: what the runtime reports, else 4)",
     )
     node_key: str | None = Field(
         default=None, description="API key of scope node, sent when registering"
@@ -75,9 +79,6 @@ class AgentSettings(BaseSettings):
     )
     runtime_timeout_s: float = Field(
         default=600.0, gt=0, description="longest gap a proxied runtime reply may take"
-    )
-    models_refresh_s: float = Field(
-        default=30.0, gt=0, description="how often the runtime's model list is re-read"
     )
     log_level: LogLevel = Field(default="info", description="critical, error, warning, info, debug")
     log_format: LogFormat = Field(default="text", description="text, or json (one object a line)")
@@ -108,6 +109,15 @@ class NodeSettings(AgentSettings):
     )
     catalog: Path | None = Field(
         default=None, description="JSON or YAML model catalog (id, format, platforms)"
+    )
+    runtime_kind: RuntimeKind = Field(
+        default=RuntimeKind.AUTO,
+        description="auto, llamacpp, ollama, vllm, sglang, lmstudio, mlx or openai "
+        "(auto probes the runtime)",
+    )
+    runtime_api_key: str | None = Field(
+        default=None,
+        description="API key the runtime requires (its --api-key), sent on every runtime call",
     )
 
     _runtime_url = field_validator("runtime_url", mode="after")(_strip_url)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 from llm_router.gpu import GpuBackend, ModelSpec, list_executable_models
 from llm_router.node.detect import GpuInfo
+from llm_router.node.runtimes.base import RuntimeReport, RuntimeStatus
+
+DEFAULT_MAX_CONCURRENCY = 4
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,21 @@ class NodeState:
         self.inventory = inventory
         self.machine_name = machine_name
         self.started_at = int(time.time())
-        self.runtime_ready = False
+        # The last reading of the runtime (BRIEF §12); nothing is served until it is ready.
+        self.runtime = RuntimeReport(RuntimeStatus.UNREACHABLE, "not read yet")
+        self.runtime_kind = ""
+        self.max_concurrency = DEFAULT_MAX_CONCURRENCY
+        # "flag" (--max-concurrency), "runtime" (what it reported) or "default".
+        self.max_concurrency_source = "default"
         self.active_requests = 0
         self._idle = asyncio.Event()
         self._idle.set()
         # Exponentially weighted so the router sees recent latency, not the lifetime mean.
         self.average_response_time_ms: float | None = None
+
+    @property
+    def runtime_ready(self) -> bool:
+        return self.runtime.status is RuntimeStatus.READY
 
     def begin(self) -> float:
         self.active_requests += 1

@@ -42,6 +42,11 @@ _NODE_FIELDS = (
     "gpu_usage",
     "average_response_time_ms",
     "runtime_version",
+    "runtime_kind",
+    "runtime_status",
+    "runtime_load",
+    "loaded_models",
+    "max_concurrency_source",
 )
 
 _STATE_DOWN: tuple[type[BaseException], ...] = (*STORE_DOWN_ERRORS, StateStoreUnavailable)

@@ -14,8 +14,10 @@ from llm_router.gpu import GpuBackend
 from llm_router.node.agent import run_agent
 from llm_router.node.catalog import load_catalog
 from llm_router.node.detect import GpuDevice, GpuInfo, capability_score
+from llm_router.node.runtimes import RuntimeKind
 from llm_router.node.server import make_server, start_server, stop_server
 from llm_router.node.settings import SimNodeSettings
+from llm_router.node.state import DEFAULT_MAX_CONCURRENCY
 from llm_router.sim.runtime import SimConfig, SimRuntime
 
 RUNTIME_HOST = "127.0.0.1"
@@ -47,7 +49,7 @@ def sim_config(settings: SimNodeSettings) -> SimConfig:
         models=tuple(settings.models),
         ttft_ms=settings.ttft_ms,
         tokens_per_s=settings.tokens_per_s,
-        max_concurrency=settings.max_concurrency,
+        max_concurrency=settings.max_concurrency or DEFAULT_MAX_CONCURRENCY,
         max_tokens_default=settings.max_tokens_default,
         fail_mode=settings.fail_mode,
         fail_rate=settings.fail_rate,
@@ -72,6 +74,7 @@ async def run_sim_node(settings: SimNodeSettings, *, stop: asyncio.Event | None 
             catalog,
             stop=stop,
             runtime_version=f"llm-router-sim/{__version__}",
+            runtime_kind=RuntimeKind.OPENAI,
         )
     finally:
         await stop_server(runtime_server, runtime_task)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from llm_router.errors import Forbidden, StateStoreUnavailable
 from llm_router.gpu import GpuBackend, infer_gpu_backend
-from llm_router.protocol import HeartbeatRequest, NodeStatus, RegisterRequest
+from llm_router.protocol import HeartbeatRequest, NodeStatus, RegisterRequest, RuntimeStatus
 from llm_router.state.keys import Keys
 from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts, ModelEntry, ModelList
 
@@ -25,6 +25,7 @@ from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts, ModelEntry
 _JSON_FIELDS = frozenset(
     {"gpu_devices", "models", "executable_models", "loaded_models", "ready_models", "runtime_load"}
 )
+_OBJECT_FIELDS = frozenset({"runtime_load"})
 _INT_FIELDS = frozenset(
     {"runtime_port", "node_api_port", "gpu_count", "max_concurrency", "active_requests"}
 )
@@ -45,7 +46,7 @@ _BOOL_FIELDS = frozenset({"gpu_available", "initializing", "draining"})
 _TIME_FIELDS = frozenset({"registered_at", "last_seen"})
 # Kept on the node hash for the scripts, never shown: the token's digest, and the backend
 # /v1/models last listed for the node (a change moves models:version).
-_HIDDEN_FIELDS = frozenset({"token_hash", "listed_backend"})
+_HIDDEN_FIELDS = frozenset({"token_hash", "listed_backend", "listed_serving"})
 
 
 _TOKEN_BYTES = 32
@@ -91,8 +92,8 @@ def _decode_field(name: str, raw: str) -> Any:
     try:
         if name in _JSON_FIELDS:
             value = json.loads(raw)
-            # An empty Lua table encodes as {}: it is an empty list here.
-            return [] if value == {} else value
+            # An empty Lua table encodes as {}: it is an empty list here, but for an object.
+            return [] if value == {} and name not in _OBJECT_FIELDS else value
         if name in _INT_FIELDS:
             return int(float(raw))
         if name in _FLOAT_FIELDS:
@@ -157,7 +158,7 @@ class NodeRegistry:
             "ip_address": str(request.ip_address),
             "runtime_port": request.runtime_port,
             "node_api_port": request.api_port,
-            "runtime_version": request.runtime_version or "",
+            "runtime_version": "",
             "gpu_available": gpu_available,
             "gpu_devices": [d.model_dump(exclude_none=True) for d in request.gpu_devices],
             "gpu_count": request.gpu_count
@@ -171,6 +172,9 @@ class NodeRegistry:
         }
         if request.gpu_capability_score is not None:
             fields["gpu_capability_score"] = request.gpu_capability_score
+        if request.loaded_models is not None:
+            fields["loaded_models"] = list(dict.fromkeys(request.loaded_models))
+        fields.update(request.runtime_record())
         token = new_token()
         status, node_id = await self._scripts.register(
             candidate_id=new_node_id(),
@@ -198,11 +202,9 @@ class NodeRegistry:
             return "not_found"
         if not could_be_token(token):
             return "unauthorized"
-        fields: dict[str, Any] = dict(beat.metrics())
+        fields: dict[str, Any] = {**beat.metrics(), **beat.runtime_record()}
         if beat.loaded_models is not None:
             fields["loaded_models"] = beat.loaded_models
-        if beat.runtime_load is not None:
-            fields["runtime_load"] = beat.runtime_load.model_dump(exclude_none=True)
         if beat.gpu_backend is not None:
             fields["gpu_backend"] = beat.gpu_backend.value
         if beat.initializing is not None:
@@ -348,6 +350,7 @@ class NodeRegistry:
             r
             for r in await self._records(ids, now)
             if r["status"] == NodeStatus.ONLINE
+            and r.get("runtime_status", RuntimeStatus.READY) == RuntimeStatus.READY
             and model in r["executable_models"]
             and model not in r["excluded_models"]
         ]

@@ -32,13 +32,34 @@ function clock(ts) {
   return new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
 }
 
-function tags(values, excluded) {
+function tags(values, excluded, loaded) {
+  const warm = new Set(loaded || []);
   return (values || []).map((v) =>
-    el("span", { class: "tag" + (excluded && v in excluded ? " excluded" : ""), text: v }));
+    el("span", {
+      class: "tag" + (excluded && v in excluded ? " excluded" : "") + (warm.has(v) ? " loaded" : ""),
+      text: v,
+      title: warm.has(v) ? "loaded in memory" : "",
+    }));
 }
 
 function fill(tbody, rows) {
   tbody.replaceChildren(...rows);
+}
+
+// What the runtime behind the node says: kind and version, its status, its own load.
+function runtimeCell(n) {
+  const status = n.runtime_status || "ready";
+  const load = n.runtime_load || {};
+  const figures = [
+    load.running != null ? `${load.running} running` : null,
+    load.waiting != null ? `${load.waiting} waiting` : null,
+    load.kv_cache_usage != null ? `kv ${Math.round(100 * load.kv_cache_usage)}%` : null,
+  ].filter(Boolean).join(" · ");
+  return el("td", { "data-runtime-status": status }, [
+    el("span", { class: "pill rt-" + status, text: status }),
+    el("div", { class: "mono sub", text: [n.runtime_kind, n.runtime_version].filter(Boolean).join(" ") }),
+    el("div", { class: "sub", text: figures }),
+  ]);
 }
 
 function nodeRow(n, now) {
@@ -59,10 +80,11 @@ function nodeRow(n, now) {
     ]),
     el("td", {}, [el("span", { class: "pill be", text: n.gpu_backend })]),
     el("td", {}, [el("span", { class: "pill st-" + n.status, text: n.status })]),
+    runtimeCell(n),
     el("td", {}, [bar, el("span", { text: pct + "%" })]),
-    el("td", { class: "mono", text: `${used} / ${cap}` }),
+    el("td", { class: "mono", text: `${used} / ${cap}` + (n.max_concurrency_source ? ` (${n.max_concurrency_source})` : "") }),
     el("td", { text: ago(n.last_seen ? now - n.last_seen : null) }),
-    el("td", {}, tags(n.executable_models, n.excluded_models)),
+    el("td", {}, tags(n.executable_models, n.excluded_models, n.loaded_models)),
   ]);
 }
 

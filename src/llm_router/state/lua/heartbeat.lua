@@ -1,4 +1,6 @@
 -- A node's heartbeat: refresh liveness, replace its executable set atomically, store metrics.
+-- The first "ready" heartbeat after a runtime outage lifts the node's exclusions (the
+-- failures were the outage's) and wakes requests queued for its models.
 --
 -- KEYS[1]  fleet base
 -- ARGV[1]  node id
@@ -16,8 +18,12 @@ if not token_hash then return {'not_found'} end
 if token_hash ~= ARGV[2] then return {'unauthorized'} end
 
 local now = now_ms()
+local fields = cjson.decode(ARGV[3])
+local was = redis.call('HGET', key, 'runtime_status')
+local recovered = fields.runtime_status == 'ready' and was and was ~= '' and was ~= 'ready'
+if recovered then redis.call('DEL', k_excluded(id)) end
 local args = {'last_seen', now}
-for name, value in pairs(cjson.decode(ARGV[3])) do
+for name, value in pairs(fields) do
   args[#args + 1] = name
   args[#args + 1] = value
 end
@@ -26,4 +32,5 @@ redis.call('HSET', key, unpack(args))
 local executable = nil
 if ARGV[4] ~= '' then executable = ARGV[4] end
 refresh_liveness(id, now, tonumber(ARGV[6]), executable, decode_list(ARGV[5]))
+if recovered then wake_queues(node_models(id)) end
 return {'ok', redis.call('ZCARD', k_leases(id))}

@@ -145,13 +145,20 @@ local function excluded_now(id, now)
   return set
 end
 
+-- A node serves only while its runtime answers (runtime_status "ready"). A node that never
+-- reported a runtime status (an agent older than the field) is taken at its word.
+local function runtime_serving(id)
+  local s = redis.call('HGET', k_node(id), 'runtime_status')
+  return (not s) or s == '' or s == 'ready'
+end
+
 -- Put the node into (or take it out of) the load index of each of its models.
 local function sync_load_membership(id, now)
   local f = routing_fields(id)
   local models = decode_list(f[6])
   local score = score_of(f, in_flight(id, now))
   local warm = warm_set(f)
-  local resting = f[1] == '1' or f[2] == '1'
+  local resting = f[1] == '1' or f[2] == '1' or not runtime_serving(id)
   local excluded = excluded_now(id, now)
   for _, m in ipairs(models) do
     if resting or excluded[m] then
@@ -178,8 +185,11 @@ end
 
 -- Record liveness and the executable set of a node. `new_json` is the set as the JSON list
 -- the replica sent (stored verbatim: cjson would turn an empty list into "{}"), nil keeps
--- the stored set.
+-- the stored set. A node whose runtime is not serving stays alive (operators see it) but
+-- leaves every model's node set, so /v1/models and routing drop it on this very call;
+-- its models stay known, so a request for them is a 503, not a 404.
 local function refresh_liveness(id, now, alive_ttl, new_json, installed)
+  local serving = runtime_serving(id)
   local deadline = now + alive_ttl
   local old = node_models(id)
   local new_models = nil
@@ -206,12 +216,22 @@ local function refresh_liveness(id, now, alive_ttl, new_json, installed)
     redis.call('HSET', k_node(id), 'listed_backend', b[1])
     changed = true
   end
+  -- So does a node whose runtime stopped or resumed serving.
+  local listed = serving and '1' or '0'
+  if redis.call('HGET', k_node(id), 'listed_serving') ~= listed then
+    redis.call('HSET', k_node(id), 'listed_serving', listed)
+    changed = true
+  end
   if changed then models_changed() end
   redis.call('ZADD', k_alive(), deadline, id)
   local executable = {}
   for _, m in ipairs(new_models) do
     executable[m] = true
-    redis.call('ZADD', k_model_nodes(m), deadline, id)
+    if serving then
+      redis.call('ZADD', k_model_nodes(m), deadline, id)
+    else
+      redis.call('ZREM', k_model_nodes(m), id)
+    end
     -- ZADD answers 1 only for a model the fleet did not know yet.
     if redis.call('ZADD', k_known(), now, m) == 1 then
       redis.call('HSETNX', k_created(), m, math.floor(now / 1000))
