@@ -121,3 +121,28 @@ async def test_one_info_line_per_change_debug_otherwise(caplog: pytest.LogCaptur
     assert len(loud) == 2, [r.getMessage() for r in loud]
     assert "max_concurrency 4" in loud[1].getMessage()
     assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 5
+
+
+async def test_a_hung_runtime_is_unreachable_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from llm_router.node import monitor as monitor_module
+
+    release = asyncio.Event()
+
+    async def hang(_request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200)
+
+    monkeypatch.setattr(monitor_module, "READ_BUDGET_S", 0.05)
+    state = NodeState(GpuInfo(backend=GpuBackend.CPU), Inventory.build(GpuBackend.CPU, []), "n")
+    client = httpx.AsyncClient(transport=httpx.MockTransport(hang))
+    monitor = RuntimeMonitor(
+        state, make_adapter(RuntimeKind.VLLM), RuntimeHttp(client, "http://rt", None)
+    )
+    report = await monitor.refresh()
+    release.set()
+    assert report.status.value == "unreachable"
+    assert "did not answer" in report.detail

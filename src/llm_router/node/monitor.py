@@ -6,6 +6,7 @@ one INFO line, and a wrong or missing key one ERROR line naming the flag to set.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -17,6 +18,10 @@ from llm_router.node.runtimes.base import RuntimeStatus
 from llm_router.node.state import DEFAULT_MAX_CONCURRENCY, Inventory, NodeState
 
 log = logging.getLogger("llm_router.node")
+
+# A whole reading (several calls) must fit well inside the router's offline timeout: a
+# runtime that hangs is unreachable, and the heartbeat that says so still goes out.
+READ_BUDGET_S = 3.0
 
 _DOWN_LEVEL = {
     RuntimeStatus.LOADING: logging.INFO,
@@ -54,7 +59,13 @@ class RuntimeMonitor:
         self.readings = 0
 
     async def refresh(self) -> RuntimeReport:
-        report = await self.adapter.read(self.http)
+        try:
+            report = await asyncio.wait_for(self.adapter.read(self.http), READ_BUDGET_S)
+        except TimeoutError:
+            report = RuntimeReport(
+                RuntimeStatus.UNREACHABLE,
+                f"{self.http.base_url} did not answer within {READ_BUDGET_S:g}s",
+            )
         self.readings += 1
         log.debug("runtime %s: %s %s", self.http.base_url, report.status, report.detail)
         if self.version_override and report.version is None:
