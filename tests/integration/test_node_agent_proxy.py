@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from llm_router.gpu import GpuBackend, ModelSpec
-from llm_router.node.app import RuntimeProxy, create_node_app
+from llm_router.node.app import MAX_JSON_DEPTH, RuntimeProxy, create_node_app
 from llm_router.node.detect import GpuInfo
 from llm_router.node.settings import SimNodeSettings
 from llm_router.node.state import Inventory, NodeState
@@ -102,6 +102,22 @@ async def test_non_executable_model_is_404_at_the_node(start_sim: Start) -> None
     assert unknown.status_code == 404
     assert no_model.status_code == 400
     assert no_model.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize("depth", [600, 1_000, 100_000])
+async def test_a_deeply_nested_body_is_400_at_the_node(start_sim: Start, depth: int) -> None:
+    url = await start_sim()
+    deep = '{"model": "llama-gguf", "x": ' + "[" * depth + "]" * depth + "}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(f"{url}/v1/chat/completions", content=deep)
+        assert r.status_code == 400, r.text
+        assert f"nested deeper than {MAX_JSON_DEPTH}" in r.json()["error"]["message"]
+        # Nesting within the limit is the runtime's to judge, and it takes it.
+        ok = "[" * (MAX_JSON_DEPTH - 2) + "]" * (MAX_JSON_DEPTH - 2)
+        served = await client.post(
+            f"{url}/v1/chat/completions", content='{"model": "llama-gguf", "x": ' + ok + "}"
+        )
+        assert served.status_code == 200, served.text
 
 
 async def test_proxies_byte_for_byte(start_sim: Start) -> None:

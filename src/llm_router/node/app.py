@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
+import orjson
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
@@ -76,10 +76,41 @@ _DROP_RESPONSE_HEADERS = frozenset(
 )
 
 
+#: Deepest JSON nesting the agent accepts. Runtimes parse the body again, some with
+#: recursive parsers (Python's json gives up near 1,000 levels): a body nested deeper is
+#: refused here with a 400 rather than crashing the runtime into a 500.
+MAX_JSON_DEPTH = 512
+#: orjson refuses documents nested deeper than 1,024 containers; inside this many extra
+#: arrays, a body hits that limit exactly when it is nested deeper than MAX_JSON_DEPTH.
+_DEPTH_PAD = 1024 - MAX_JSON_DEPTH
+
+
+class NestedTooDeep(ValueError):
+    def __init__(self) -> None:
+        super().__init__(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The body as JSON (ValueError if it is not), nested at most ``MAX_JSON_DEPTH`` deep."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return orjson.loads(body)  # too few brackets to nest too deep: the common case
+    try:
+        data = orjson.loads(b"[" * _DEPTH_PAD + body + b"]" * _DEPTH_PAD)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            raise NestedTooDeep from exc
+        raise
+    for _ in range(_DEPTH_PAD):
+        data = data[0]
+    return data
+
+
 def model_of(body: bytes) -> tuple[str | None, str | None]:
     """(model, None) or (None, why the body has no usable model)."""
     try:
-        data = json.loads(body)
+        data = parse_json_body(body)
+    except NestedTooDeep as exc:
+        return None, str(exc)
     except ValueError:
         return None, "request body must be a JSON object"
     if not isinstance(data, dict):
