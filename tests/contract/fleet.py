@@ -16,7 +16,14 @@ from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.connect import Store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
-from llm_router.state.scripts import NO_AFFINITY, AcquireResult, Affinity, FleetScripts, Granted
+from llm_router.state.scripts import (
+    NO_AFFINITY,
+    AcquireResult,
+    Affinity,
+    FailureReport,
+    FleetScripts,
+    Granted,
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class Fleet:
         family: str = "",
         response_id: str = "",
         affinity: Affinity = NO_AFFINITY,
+        avoid: Sequence[str] = (),
     ) -> AcquireResult:
         return await self.scripts.acquire(
             model=model,
@@ -119,6 +127,7 @@ class Fleet:
             family=family,
             response_id=response_id,
             affinity=affinity,
+            avoid=avoid,
         )
 
     async def lease(self, model: str, *, lease_ttl_ms: int = 30_000, **kw: Any) -> Lease:
@@ -134,6 +143,12 @@ class Fleet:
             lease_id=lease.lease_id,
             exclude_model=exclude_model,
             cooldown_ms=cooldown_ms,
+        )
+
+    async def fail(self, lease: Lease, report: FailureReport) -> bool:
+        """End a failed attempt's lease with what it says; True if the pair got excluded."""
+        return await self.scripts.fail(
+            node_id=lease.node_id, lease_id=lease.lease_id, report=report
         )
 
     async def zmembers(self, key: str) -> dict[str, float]:

@@ -15,7 +15,7 @@ from contract.fleet import Fleet, sleep_ms
 from llm_router.state.connect import Store, open_store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import Affinity, Ending, FleetScripts, Granted, Queued
+from llm_router.state.scripts import Affinity, Ending, FailureReport, FleetScripts, Granted, Queued
 from redis_server import RedisServer
 
 #: A database no other test uses; emptied before the scenario.
@@ -63,6 +63,7 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
             keys.excluded(node_id),
             keys.unsupported(node_id),
         }
+        out |= {keys.failures(node_id, model) for model in models}
     out.add(keys.response(RESPONSE_ID))
     for model in models:
         out |= {
@@ -98,6 +99,12 @@ async def _scenario(fleet: Fleet) -> tuple[list[str], list[str]]:
     )
     await fleet.scripts.leave_queue(model=MODELS[0], ticket="w2")
     await fleet.release(leases[0], exclude_model=MODELS[0], cooldown_ms=50)
+    # A failed attempt that counts as evidence against its node.
+    evidence = FailureReport(
+        model=MODELS[1], exclude_now=False, cooldown_ms=50, digest="d1", counts=True,
+        failures_to_exclude=3, window_ms=30_000,
+    )  # fmt: skip
+    await fleet.fail(await fleet.lease(MODELS[1]), evidence)
     for lease in leases[1:]:
         await fleet.release(lease)
     assert isinstance(await fleet.acquire(MODELS[0], ticket="w1"), Granted)

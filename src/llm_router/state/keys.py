@@ -107,6 +107,14 @@ class Keys:
         """hash {node, model}, with a TTL: the node that created a stored response."""
         return f"{self.base}response:{response_id}"
 
+    def failures(self, node_id: str, model: str) -> str:
+        """zset: request digest → time (ms) it failed on the node for ``model``.
+
+        The evidence that excludes a pair: enough different requests within the window.
+        Node ids never contain ``:``, so the model part is unambiguous.
+        """
+        return f"{self.base}failures:{node_id}:{model}"
+
     @property
     def events(self) -> str:
         """pub/sub channel: model ids whose capacity was freed (queue wake-ups)."""

@@ -33,6 +33,7 @@ SCRIPT_NAMES = (
     "models_stamp",
     "acquire",
     "release",
+    "fail",
     "renew",
     "leave_queue",
     "rate_limit",
@@ -163,6 +164,23 @@ RESPONSE_TTL_MS = 24 * 3600 * 1000
 _HOT_PATH = frozenset({"acquire", "release", "renew"})
 
 
+@dataclass(frozen=True)
+class FailureReport:
+    """What a failed attempt on a node tells the fleet (see ``fail.lua``)."""
+
+    model: str
+    exclude_now: bool
+    cooldown_ms: int
+    #: Digest of the request: evidence is counted per different request.
+    digest: str = ""
+    #: Whether this failure counts as evidence against the node.
+    counts: bool = False
+    failures_to_exclude: int = 1
+    window_ms: int = 0
+    #: Node whose evidence from this same request (``digest``) is withdrawn, or "".
+    withdraw_from: str = ""
+
+
 class FleetScripts:
     """Typed calls into the fleet's scripts; one instance per store connection."""
 
@@ -282,7 +300,12 @@ class FleetScripts:
         family: str = "",
         response_id: str = "",
         affinity: Affinity = NO_AFFINITY,
+        avoid: Sequence[str] = (),
     ) -> AcquireResult:
+        """``avoid``: nodes this request already failed on; never picked again for it
+        (and no affinity with it: a retry goes where there is room)."""
+        if avoid:
+            affinity = NO_AFFINITY
         result = await self._call(
             "acquire",
             model,
@@ -294,6 +317,7 @@ class FleetScripts:
             forget_ms,
             family,
             response_id,
+            json.dumps(list(avoid)) if avoid else "",
             affinity.ttl_ms if affinity.keys else 0,
             affinity.margin,
             *affinity.keys,
@@ -339,6 +363,24 @@ class FleetScripts:
         for lease in leases:
             args += lease.args()
         return [int(n) for n in await self._call("release", *args)]
+
+    async def fail(self, *, node_id: str, lease_id: str, report: FailureReport) -> bool:
+        """End a failed attempt's lease and weigh the failure; True if the pair is now
+        excluded. With an empty ``node_id`` only ``report.withdraw_from`` is acted on."""
+        mode = "now" if report.exclude_now else "evidence" if report.counts else "none"
+        _, excluded = await self._call(
+            "fail",
+            node_id,
+            lease_id,
+            report.model,
+            mode,
+            report.cooldown_ms,
+            report.digest,
+            report.failures_to_exclude,
+            report.window_ms,
+            report.withdraw_from,
+        )
+        return bool(int(excluded))
 
     async def renew(
         self,

@@ -11,9 +11,12 @@
 -- ARGV[8]  endpoint family, or "": nodes that recently declined it (404/405/501) are skipped
 -- ARGV[9]  stored response id, or "": the request must go to the node that created it, and
 --          only there (a hard constraint, not a preference)
--- ARGV[10] affinity pin TTL (ms); 0 or absent: affinity off for this request
--- ARGV[11] affinity margin, in utilisation units (1e6 = a whole node)
--- ARGV[12..] affinity keys, most specific first (none: no affinity)
+-- ARGV[10] JSON list of node ids this request already failed on, or "": never picked for
+--          it, and not repaired either (they are fine for everyone else); the caller
+--          sends no affinity keys with it
+-- ARGV[11] affinity pin TTL (ms); 0 or absent: affinity off for this request
+-- ARGV[12] affinity margin, in utilisation units (1e6 = a whole node)
+-- ARGV[13..] affinity keys, most specific first (none: no affinity)
 -- Returns
 --   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity}
 --       affinity: "" (no keys), "new" (no pin), "hit", or "moved:unavailable|full|loaded"
@@ -101,8 +104,10 @@ end
 local load_key = k_model_load(model)
 local any_capable, any_refusing = false, false
 
+local avoid = decode_list(ARGV[10])
+
 local function best_candidate()
-  local skipped, nskipped = {}, 0
+  local skipped, nskipped = as_set(avoid), #avoid
   for _ = 1, 16 do
     -- The best few entries in one read, minus the nodes already looked past; those sharing
     -- the best stored score form the rotation pool.
@@ -202,10 +207,10 @@ local function choose(pin_keys, margin)
 end
 
 if my_turn then
-  local pin_ttl, margin = tonumber(ARGV[10] or '0') or 0, tonumber(ARGV[11] or '0') or 0
+  local pin_ttl, margin = tonumber(ARGV[11] or '0') or 0, tonumber(ARGV[12] or '0') or 0
   local pin_keys = {}
   if pin_ttl > 0 then
-    for i = 12, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
+    for i = 13, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
   end
   local choice, affinity
   if #pin_keys > 0 then

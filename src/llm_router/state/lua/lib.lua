@@ -45,6 +45,7 @@ local function k_leases(id) return BASE .. 'leases:' .. id end
 local function k_queue(m) return BASE .. 'queue:' .. m end
 local function k_queue_alive(m) return BASE .. 'queue-alive:' .. m end
 local function k_excluded(id) return BASE .. 'excluded:' .. id end
+local function k_failures(id, m) return BASE .. 'failures:' .. id .. ':' .. m end
 local function k_events() return BASE .. 'events:capacity' end
 local function k_unsupported(id) return BASE .. 'unsupported:' .. id end
 local function k_response(rid) return BASE .. 'response:' .. rid end
@@ -177,6 +178,33 @@ local function wake_queues(models)
       redis.call('PUBLISH', k_events(), m)
     end
   end
+end
+
+-- Put (node, model) in cool-down until `until_ms` and out of the model's load index.
+local function exclude_pair(id, model, until_ms, now)
+  cool_down(k_excluded(id), model, until_ms, now)
+  redis.call('ZREM', k_model_load(model), id)
+end
+
+-- End one lease: free its slot, let `on_node()` record what the attempt left (exclusions,
+-- refusals, a response id) if the node still exists, rescore the node and wake replicas
+-- queued on its models (each model once per script call: `woken` is shared by the
+-- caller). Returns the node's in-flight count.
+local function end_lease(id, lease_id, now, woken, on_node)
+  redis.call('ZREM', k_leases(id), lease_id)
+  local inflight = in_flight(id, now)
+  local f = routing_fields(id)
+  if not f[3] then return inflight end  -- the node was removed meanwhile
+  on_node()
+  local models = decode_list(f[6])
+  update_scores_for(models, id, (score_of(f, inflight)), warm_set(f))
+  for _, m in ipairs(models) do
+    if not woken[m] then
+      woken[m] = true
+      wake_queues({m})
+    end
+  end
+  return inflight
 end
 
 local function node_models(id)

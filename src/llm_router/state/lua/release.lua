@@ -23,29 +23,14 @@ for k = 0, tonumber(ARGV[1]) - 1 do
   local id, lease_id = ARGV[at], ARGV[at + 1]
   local exclude, cooldown, refused = ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
   local response_id, response_model = ARGV[at + 5], ARGV[at + 6]
-  redis.call('ZREM', k_leases(id), lease_id)
-  local inflight = in_flight(id, now)
-  out[#out + 1] = inflight
-  local f = routing_fields(id)
-  if f[3] then  -- else the node was removed meanwhile
-    if exclude ~= '' then
-      cool_down(k_excluded(id), exclude, now + cooldown, now)
-      redis.call('ZREM', k_model_load(exclude), id)
-    end
+  out[#out + 1] = end_lease(id, lease_id, now, woken, function()
+    if exclude ~= '' then exclude_pair(id, exclude, now + cooldown, now) end
     if refused ~= '' then cool_down(k_unsupported(id), refused, now + cooldown, now) end
     if response_id ~= '' then
       local key = k_response(response_id)
       redis.call('HSET', key, 'node', id, 'model', response_model)
       redis.call('PEXPIRE', key, response_ttl)
     end
-    local models = decode_list(f[6])
-    update_scores_for(models, id, (score_of(f, inflight)), warm_set(f))
-    for _, m in ipairs(models) do
-      if not woken[m] then
-        woken[m] = true
-        wake_queues({m})
-      end
-    end
-  end
+  end)
 end
 return out
