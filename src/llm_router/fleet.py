@@ -89,6 +89,10 @@ class Fleet:
                 connect_timeout_s=settings.connect_timeout_s,
                 first_byte_timeout_s=settings.first_byte_timeout_s,
                 idle_timeout_s=settings.idle_timeout_s,
+                response_body_timeout_s=settings.response_body_timeout_s,
+                max_response_bytes=settings.max_response_bytes,
+                exclusion_failures=settings.exclusion_failures,
+                exclusion_window_ms=int(settings.exclusion_window_s * 1000),
             ),
             telemetry.observer,
         )

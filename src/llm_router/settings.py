@@ -70,6 +70,14 @@ class RouterSettings(BaseSettings):
     )
     lease_ttl_s: float = Field(default=15.0, gt=0, le=3600)
     exclusion_cooldown_s: float = Field(default=30.0, ge=0, le=86400)
+    exclusion_failures: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="different requests failing on a (node, model) within "
+        "exclusion_window_s that exclude it (an unreachable node is excluded at once)",
+    )
+    exclusion_window_s: float = Field(default=30.0, gt=0, le=86400)
     max_attempts: int = Field(default=3, ge=1, le=16)
     default_max_concurrency: int = Field(default=4, ge=1, le=100_000)
     require_gpu: bool = False
@@ -93,8 +101,17 @@ class RouterSettings(BaseSettings):
         default=120.0, gt=0, description="wait for a node's headers"
     )
     idle_timeout_s: float = Field(default=120.0, gt=0, description="max gap between stream chunks")
+    response_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="read a whole (non-streamed) answer after its headers"
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="bigger non-streamed answers fail"
+    )
     redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=60)
     model_fetch_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    model_fetch_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="a node's /v1/models at registration"
+    )
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="on SIGTERM, wait this long for open requests"
     )

@@ -196,7 +196,7 @@ async def test_messages_plain_streamed_and_count_tokens(fleet: Fleet) -> None:
         )
         # The SDK's anthropic-version header crossed the router and the node agent.
         sent = raw.http_request.headers["anthropic-version"]
-        assert raw.headers["x-sim-anthropic-version"] == sent
+        assert raw.headers["anthropic-version"] == sent
         message = await raw.parse()
         assert message.type == "message" and message.content[0].type == "text"
         assert message.content[0].text.startswith("Hello from ")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from litestar import Request, Response, delete, get, post
 from litestar.params import FromPath
 
 from llm_router.api.body import validate
+from llm_router.api.bounded_fetch import FetchFailed, get_json
 from llm_router.auth import Scope
 from llm_router.errors import (
     AuthError,
@@ -33,16 +33,20 @@ async def _fetch_node_models(fleet: Fleet, req: RegisterRequest) -> tuple[list[s
     host = str(req.ip_address)
     host = f"[{host}]" if ":" in host else host
     url = f"http://{host}:{req.api_port}/v1/models"
+    settings = fleet.settings
     try:
-        resp = await fleet.control_http.get(url)
-        resp.raise_for_status()
-        payload = resp.json()
-        entries = payload.get("data", []) if isinstance(payload, dict) else []
-        models = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
-    except (httpx.HTTPError, ValueError) as exc:
-        raise NodeModelsFetchFailed(
-            f"Could not list the node's models at {url}: {exc or type(exc).__name__}"
-        ) from exc
+        payload = await get_json(
+            fleet.control_http,
+            url,
+            max_bytes=settings.model_fetch_max_bytes,
+            timeout_s=settings.model_fetch_timeout_s,
+        )
+    except FetchFailed as exc:
+        raise NodeModelsFetchFailed(f"Could not list the node's models at {url}: {exc}") from exc
+    entries = payload.get("data", []) if isinstance(payload, dict) else []
+    if not isinstance(entries, list):
+        entries = []
+    models = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
     try:
         for model in models:
             check_model_id(model)

@@ -2,13 +2,15 @@
 
 The body is forwarded byte for byte, with the method and path (query included) the client
 used; what differs between endpoints comes from their row in ``endpoints``. Until the first
-byte of the answer is committed to the client, any connection error, timeout or 5xx
-excludes the (node, model) pair for the cool-down (in Redis, so every replica stops picking
-it), releases the lease and tries the next node, up to ``max_attempts``. A node's 429
-excludes the pair briefly and moves on; it is passed through only when no other node is
-left. Any other 4xx is the client's problem and passes through unchanged. After the first
-byte nothing is replayed: a failure ends an SSE stream with one error event in the
-endpoint's dialect.
+byte of the answer is committed to the client, a connection error, timeout, 5xx, redirect
+(never followed), oversized answer or one of a media type the endpoint does not give
+releases the lease and tries another node (never one this request already failed on), up
+to ``max_attempts``. What the failure says about the node is judged in ``attempts.py`` and
+counted in Redis (``fail.lua``), so every replica stops picking a (node, model) pair once
+the evidence says the node is broken. A node's 429 skips the pair briefly and moves on; it
+is passed through only when no other node is left. Any other 4xx is the client's problem
+and passes through unchanged. After the first byte nothing is replayed: a failure ends an
+SSE stream with one error event in the endpoint's dialect.
 
 A node answering 405 or 501, or 404 for the path rather than the model, does not do that
 endpoint: nothing is excluded, the (node, endpoint family) pair is remembered in Redis for
@@ -17,12 +19,16 @@ when none is left. A request for a stored response goes to the node holding it a
 there; the id of a response a node creates is recorded with the lease's release.
 
 For a streaming answer the first chunk is read before the client sees the status line, so
-a node that sends headers and then dies is still failed over.
+a node that sends headers and then dies is still failed over. A whole (non-streamed)
+answer is read within ``max_response_bytes`` and ``response_body_timeout_s``; a stream's
+chunks may be at most ``idle_timeout_s`` apart. Only allow-listed headers reach the client
+(``node_headers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -39,10 +45,18 @@ from llm_router.errors import (
 )
 from llm_router.observability.observer import Observer, RequestTrace
 from llm_router.routing.affinity import AFFINITY_HEADER
+from llm_router.routing.attempts import (
+    AttemptFailed,
+    Verdict,
+    bad_answer,
+    connection_failure,
+    request_digest,
+)
 from llm_router.routing.endpoints import Dialect, Endpoint
+from llm_router.routing.node_headers import SSE, media_type, passed_headers
 from llm_router.routing.response_ids import StreamIdFinder, id_of_object
 from llm_router.routing.select import Dispatcher, Lease, Want
-from llm_router.state.scripts import NO_AFFINITY, Affinity, Ending
+from llm_router.state.scripts import NO_AFFINITY, Affinity, Ending, FailureReport
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +70,6 @@ _FORWARDED_REQUEST_HEADERS = (
     "user-agent",
     "anthropic-version",
     "anthropic-beta",
-)
-_DROPPED_RESPONSE_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "content-encoding",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-        "date",
-        "server",
-    }
 )
 _BUSY_COOLDOWN_MS = 1000
 #: Answers meaning "this node does not serve this endpoint" (404 only when not about the model).
@@ -104,6 +102,10 @@ class ProxyConfig:
     connect_timeout_s: float
     first_byte_timeout_s: float
     idle_timeout_s: float
+    response_body_timeout_s: float = 30.0
+    max_response_bytes: int = 64 * 1024 * 1024
+    exclusion_failures: int = 3
+    exclusion_window_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -133,15 +135,23 @@ class Call:
     affinity: Affinity = NO_AFFINITY  # soft pins: the conversation's previous node
 
 
-class _AttemptFailed(Exception):
-    def __init__(
-        self, error: RouterError, *, exclude: bool, cooldown_ms: int, declined: bool = False
-    ) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.exclude = exclude
-        self.cooldown_ms = cooldown_ms
-        self.declined = declined
+@dataclass
+class _Evidence:
+    """What one request has said against the nodes it was tried on."""
+
+    target: str
+    body: bytes
+    tried: list[str]
+    answers_failed: int = 0
+    #: The node on which this request's failure currently counts as evidence.
+    standing: str = ""
+    _digest: str = ""
+
+    @property
+    def digest(self) -> str:
+        if not self._digest:  # only failed requests pay for hashing their body
+            self._digest = request_digest(self.target, self.body)
+        return self._digest
 
 
 class Proxy:
@@ -192,51 +202,111 @@ class Proxy:
         out_headers = {h: headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in headers}
         out_headers["x-request-id"] = call.request_id
         want = Want(family=call.endpoint.family, response_id=call.response_id)
+        evidence = _Evidence(call.target, call.body, tried=[])
         last_error: RouterError | None = None
         # A node's own answer (busy, or "does not do that"), passed on if nobody else can.
         own_answer: tuple[int, bytes, dict[str, str]] | None = None
-        for _attempt in range(self._config.max_attempts):
-            try:
-                lease = await self._dispatcher.acquire(call.model, client_gone, want, call.affinity)
-            except (NoCapableNodes, NotImplementedByFleet):
-                # Every node is excluded, declined or gone; report what the last one said.
-                if own_answer is not None:
-                    status, content, resp_headers = own_answer
-                    return ProxyReply(status, resp_headers, content)
-                if last_error is not None:
-                    raise last_error from None
-                raise
-            self._observer.leased(trace, lease.node_id, lease.queued_ms, lease.affinity)
-            self._observer.propagate(trace, out_headers)
-            try:
-                return await self._attempt(lease, call, out_headers, trace)
-            except _AttemptFailed as failed:
-                self._observer.failed_attempt(trace, excluded=failed.exclude)
-                last_error = failed.error
-                if isinstance(failed.error, _NodeAnswer):
-                    own_answer = failed.error.response
-                log.info(
-                    "attempt on node %s failed for %s: %s", lease.node_id, call.model, failed.error
-                )
-                await self._dispatcher.release(
-                    lease,
-                    Ending(
+        try:
+            for _attempt in range(self._config.max_attempts):
+                if evidence.tried:
+                    want = dataclasses.replace(want, avoid=tuple(evidence.tried))
+                try:
+                    lease = await self._dispatcher.acquire(
+                        call.model, client_gone, want, call.affinity
+                    )
+                except (NoCapableNodes, NotImplementedByFleet):
+                    if own_answer is None and last_error is None:
+                        raise
+                    break  # every other node is excluded, declined, busy elsewhere or gone
+                self._observer.leased(trace, lease.node_id, lease.queued_ms, lease.affinity)
+                self._observer.propagate(trace, out_headers)
+                try:
+                    reply = await self._attempt(lease, call, out_headers, trace)
+                    if 400 <= reply.status < 500:
+                        # Another node calls the request itself bad: so was its failure.
+                        await self._withdraw(call.model, evidence)
+                    return reply
+                except AttemptFailed as failed:
+                    last_error = failed.error
+                    if isinstance(failed.error, _NodeAnswer):
+                        own_answer = failed.error.response
+                    excluded = await self._report(lease, call, failed, evidence)
+                    self._observer.failed_attempt(trace, excluded=excluded)
+                    log.info(
+                        "attempt on node %s failed for %s (%s%s): %s",
                         lease.node_id,
-                        lease.lease_id,
-                        exclude_model=call.model if failed.exclude else "",
-                        cooldown_ms=failed.cooldown_ms,
-                        refused_family=call.endpoint.family if failed.declined else "",
-                    ),
-                )
-            except BaseException:
-                # Cancelled (client gone) or a bug: free the slot without awaiting anything.
-                self._dispatcher.release_soon(lease)
-                raise
+                        call.model,
+                        failed.verdict.value,
+                        ", excluded" if excluded else "",
+                        failed.detail,
+                    )
+                except BaseException:
+                    # Cancelled (client gone) or a bug: free the slot without awaiting anything.
+                    self._dispatcher.release_soon(lease)
+                    raise
+        except BaseException:
+            await self._withdraw(call.model, evidence)
+            raise
+        await self._withdraw(call.model, evidence)
         if own_answer is not None:
             status, content, resp_headers = own_answer
             return ProxyReply(status, resp_headers, content)
         assert last_error is not None
         raise last_error
+
+    async def _report(
+        self, lease: Lease, call: Call, failed: AttemptFailed, evidence: _Evidence
+    ) -> bool:
+        """Release a failed attempt's lease with what the failure says about its node."""
+        config = self._config
+        if failed.declined:
+            await self._dispatcher.release(
+                lease,
+                Ending(
+                    lease.node_id,
+                    lease.lease_id,
+                    cooldown_ms=config.exclusion_cooldown_ms,
+                    refused_family=call.endpoint.family,
+                ),
+            )
+            return False
+        evidence.tried.append(lease.node_id)
+        report = FailureReport(
+            model=call.model,
+            exclude_now=failed.verdict is not Verdict.ANSWER,
+            cooldown_ms=(
+                min(_BUSY_COOLDOWN_MS, config.exclusion_cooldown_ms)
+                if failed.verdict is Verdict.BUSY
+                else config.exclusion_cooldown_ms
+            ),
+            failures_to_exclude=config.exclusion_failures,
+            window_ms=config.exclusion_window_ms,
+        )
+        if failed.verdict is Verdict.ANSWER:
+            evidence.answers_failed += 1
+            # A request answered badly by two nodes is suspect itself: it withdraws what its
+            # first failure said and says nothing against the second node.
+            report = dataclasses.replace(
+                report,
+                digest=evidence.digest,
+                counts=evidence.answers_failed == 1,
+                withdraw_from=evidence.standing,
+            )
+            evidence.standing = lease.node_id if evidence.answers_failed == 1 else ""
+        return await self._dispatcher.release_failed(lease, report)
+
+    async def _withdraw(self, model: str, evidence: _Evidence) -> None:
+        """The request failed everywhere it went: its failure was the request's problem."""
+        if evidence.standing:
+            report = FailureReport(
+                model=model,
+                exclude_now=False,
+                cooldown_ms=0,
+                digest=evidence.digest,
+                withdraw_from=evidence.standing,
+            )
+            evidence.standing = ""
+            await asyncio.shield(self._dispatcher.release_failed(None, report))
 
     async def _attempt(
         self, lease: Lease, call: Call, headers: dict[str, str], trace: RequestTrace
@@ -244,65 +314,54 @@ class Proxy:
         assert self._session is not None
         url = lease.url + call.target
         method = call.endpoint.method
+        node = lease.node_id
         trace.sending()
         try:
             async with asyncio.timeout(self._config.first_byte_timeout_s):
                 upstream = await self._session.request(
-                    method, url, data=call.body or None, headers=headers
+                    method, url, data=call.body or None, headers=headers, allow_redirects=False
                 )
         except TimeoutError as exc:
-            raise self._fail(
-                GatewayTimeout(f"node {lease.node_id} did not answer in time")
+            raise AttemptFailed(
+                GatewayTimeout(f"node {node} did not answer in time"), Verdict.ANSWER
             ) from exc
         except aiohttp.ClientError as exc:
-            raise self._fail(UpstreamError(f"node {lease.node_id} unreachable: {exc}")) from exc
+            raise connection_failure(node, exc) from exc
 
-        response_headers = self._response_headers(upstream.headers, lease, call.request_id)
+        response_headers = self._response_headers(upstream, lease, call.request_id)
         status = upstream.status
+        if 300 <= status < 400 or (status >= 500 and status not in _DECLINED):
+            upstream.release()
+            what = "answered with a redirect" if status < 400 else "failed"
+            raise bad_answer(node, f"{what} ({status})")
         if status == 429:
-            content = await self._safe_read(upstream)
-            raise _AttemptFailed(
+            content = await self._read_whole(upstream, node)
+            raise AttemptFailed(
                 _NodeAnswer((status, content, response_headers), "every capable node is busy"),
-                exclude=True,
-                cooldown_ms=min(_BUSY_COOLDOWN_MS, self._config.exclusion_cooldown_ms),
+                Verdict.BUSY,
             )
         if status in _DECLINED:
-            content = await self._safe_read(upstream)
+            content = await self._read_whole(upstream, node)
             # A stored response has no other node to try: its node's answer is final.
             if not call.response_id and declines_endpoint(status, content):
-                raise _AttemptFailed(
+                raise AttemptFailed(
                     _NodeAnswer(
                         (status, content, response_headers),
-                        f"node {lease.node_id} does not serve {call.endpoint.path}",
+                        f"node {node} does not serve {call.endpoint.path}",
                     ),
-                    exclude=False,
-                    cooldown_ms=self._config.exclusion_cooldown_ms,
+                    Verdict.ANSWER,
                     declined=True,
                 )
             return self._answered(lease, trace, status, response_headers, content)
-        if status >= 500:
+        media = media_type(upstream.headers.get("content-type"))
+        if not call.endpoint.may_answer(status, media):
             upstream.release()
-            raise self._fail(UpstreamError(f"node {lease.node_id} answered {status}"))
-        if not call.endpoint.may_answer(status, upstream.content_type):
-            upstream.release()
-            raise _AttemptFailed(
-                UpstreamError(
-                    f"node {lease.node_id} answered {call.endpoint.path} with "
-                    f"'{upstream.content_type}'"
-                ),
-                exclude=False,
-                cooldown_ms=0,
+            raise bad_answer(
+                node, f"answered {call.endpoint.path} with a disallowed content type ({media})"
             )
 
-        is_stream = upstream.content_type == "text/event-stream"
-        if not is_stream:
-            try:
-                content = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                upstream.release()
-                raise self._fail(
-                    UpstreamError(f"node {lease.node_id} failed mid-response: {exc}")
-                ) from exc
+        if media != SSE:
+            content = await self._read_whole(upstream, node)
             response_id = ""
             if call.endpoint.records_response and status == 200:
                 response_id = id_of_object(content)
@@ -325,12 +384,10 @@ class Proxy:
                 first = await upstream.content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             upstream.release()
-            raise self._fail(
-                UpstreamError(f"node {lease.node_id} failed before streaming")
-            ) from exc
+            raise bad_answer(node, "failed before streaming", repr(exc)) from exc
         if not first:
             upstream.release()
-            raise self._fail(UpstreamError(f"node {lease.node_id} closed an empty stream"))
+            raise bad_answer(node, "closed an empty stream")
         trace.answered(stream=True)
         return ProxyReply(
             status,
@@ -391,25 +448,39 @@ class Proxy:
                 _recording(lease, found, call.model),
             )
 
-    def _fail(self, error: RouterError) -> _AttemptFailed:
-        return _AttemptFailed(error, exclude=True, cooldown_ms=self._config.exclusion_cooldown_ms)
-
-    @staticmethod
-    async def _safe_read(upstream: aiohttp.ClientResponse) -> bytes:
+    async def _read_whole(self, upstream: aiohttp.ClientResponse, node: str) -> bytes:
+        """The body of a non-streamed answer, within the size and time bounds."""
+        limit = self._config.max_response_bytes
         try:
-            return await upstream.read()
-        except (aiohttp.ClientError, TimeoutError):
-            return b""
+            if upstream.content_length is not None and upstream.content_length > limit:
+                raise bad_answer(node, f"sent an answer larger than {limit} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            async with asyncio.timeout(self._config.response_body_timeout_s):
+                async for chunk in upstream.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        raise bad_answer(node, f"sent an answer larger than {limit} bytes")
+                    chunks.append(chunk)
+            return b"".join(chunks)
+        except TimeoutError as exc:
+            raise AttemptFailed(
+                GatewayTimeout(f"node {node} did not finish its answer in time"), Verdict.ANSWER
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise bad_answer(node, "failed mid-response", f"{type(exc).__name__}: {exc}") from exc
         finally:
             upstream.release()
 
     @staticmethod
     def _response_headers(
-        upstream_headers: Mapping[str, str], lease: Lease, request_id: str
+        upstream: aiohttp.ClientResponse, lease: Lease, request_id: str
     ) -> dict[str, str]:
-        headers = {
-            k: v for k, v in upstream_headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS
-        }
+        headers = passed_headers(upstream.headers)
+        content_type = upstream.headers.get("content-type")
+        if content_type:
+            headers["content-type"] = content_type
+        headers["x-content-type-options"] = "nosniff"
         headers["x-llm-router-node"] = lease.node_id
         headers["x-request-id"] = request_id
         if lease.queued_ms is not None:

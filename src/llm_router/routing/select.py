@@ -33,6 +33,7 @@ from llm_router.state.scripts import (
     NO_AFFINITY,
     Affinity,
     Ending,
+    FailureReport,
     FleetScripts,
     Granted,
     Queued,
@@ -61,6 +62,8 @@ class Want:
 
     family: str = ""
     response_id: str = ""
+    #: Nodes this request already failed on: never picked for it again.
+    avoid: tuple[str, ...] = ()
 
 
 ANY = Want()
@@ -129,6 +132,7 @@ class Dispatcher:
             family=want.family,
             response_id=want.response_id,
             affinity=affinity,
+            avoid=want.avoid,
         )
 
     def _hold(self, granted: Granted, queued_ms: float | None) -> Lease:
@@ -237,6 +241,23 @@ class Dispatcher:
         except RouterError as exc:
             # The lease expires by itself; nothing is lost but a little capacity for a while.
             log.warning("could not release lease %s on %s: %s", lease.lease_id, lease.node_id, exc)
+
+    async def release_failed(self, lease: Lease | None, report: FailureReport) -> bool:
+        """End a failed attempt's lease and report the failure, waiting for it: the next
+        attempt must see an exclusion it caused. ``lease`` None: only withdraw evidence.
+        True when the (node, model) pair is now excluded."""
+        if lease is not None:
+            self._leases.pop(lease.lease_id, None)
+        try:
+            return await self._scripts.fail(
+                node_id=lease.node_id if lease else "",
+                lease_id=lease.lease_id if lease else "",
+                report=report,
+            )
+        except RouterError as exc:
+            # The lease expires by itself; nothing is lost but a little capacity for a while.
+            log.warning("could not report a failed attempt (%s): %s", lease, exc)
+            return False
 
     def release_soon(self, lease: Lease, ending: Ending | None = None) -> None:
         """End a lease without making the client wait for Redis.

@@ -343,7 +343,7 @@ class SimRuntime:
         headers = [(b"x-sim-node", self.config.node_name.encode())]
         if anthropic_version:
             # Echoed so that a test can see the header crossed the router and the agent.
-            headers.append((b"x-sim-anthropic-version", anthropic_version.encode("latin-1")))
+            headers.append((b"anthropic-version", anthropic_version.encode("latin-1")))
         path = endpoint.path
         count = _requested_tokens(body, self.config.max_tokens_default)
         if path == "/v1/messages":  # Anthropic's max_tokens is a cap, not a length
