@@ -302,10 +302,7 @@ class FleetScripts:
         affinity: Affinity = NO_AFFINITY,
         avoid: Sequence[str] = (),
     ) -> AcquireResult:
-        """``avoid``: nodes this request already failed on; never picked again for it
-        (and no affinity with it: a retry goes where there is room)."""
-        if avoid:
-            affinity = NO_AFFINITY
+        """``avoid``: nodes this request already failed on; never picked again for it."""
         result = await self._call(
             "acquire",
             model,

@@ -12,8 +12,8 @@
 -- ARGV[9]  stored response id, or "": the request must go to the node that created it, and
 --          only there (a hard constraint, not a preference)
 -- ARGV[10] JSON list of node ids this request already failed on, or "": never picked for
---          it, and not repaired either (they are fine for everyone else); the caller
---          sends no affinity keys with it
+--          it (a pin on one of them moves), and not repaired either (they are fine for
+--          everyone else)
 -- ARGV[11] affinity pin TTL (ms); 0 or absent: affinity off for this request
 -- ARGV[12] affinity margin, in utilisation units (1e6 = a whole node)
 -- ARGV[13..] affinity keys, most specific first (none: no affinity)
@@ -105,6 +105,7 @@ local load_key = k_model_load(model)
 local any_capable, any_refusing = false, false
 
 local avoid = decode_list(ARGV[10])
+local avoided = as_set(avoid)
 
 local function best_candidate()
   local skipped, nskipped = as_set(avoid), #avoid
@@ -197,6 +198,7 @@ local function choose(pin_keys, margin)
   local pinned = pinned_node(pin_keys)
   if not pinned then return best_candidate(), 'new' end
   local p = pinned_candidate(pinned)
+  if avoided[pinned] then p = nil end  -- this request failed there: the pin moves
   if p ~= nil and p.score < FULL then
     local best_util = stored_best_util()
     if best_util == nil or p.util <= best_util + margin then return p, 'hit' end
