@@ -197,8 +197,10 @@ end
 local function choose(pin_keys, margin)
   local pinned = pinned_node(pin_keys)
   if not pinned then return best_candidate(), 'new' end
+  -- This request failed on its pinned node: the pin moves (and that node, not looked at,
+  -- makes nobody queue).
+  if avoided[pinned] then return bounded_choice(nil, best_candidate(), margin) end
   local p = pinned_candidate(pinned)
-  if avoided[pinned] then p = nil end  -- this request failed there: the pin moves
   if p ~= nil and p.score < FULL then
     local best_util = stored_best_util()
     if best_util == nil or p.util <= best_util + margin then return p, 'hit' end
