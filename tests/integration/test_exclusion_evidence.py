@@ -24,7 +24,9 @@ pytestmark = pytest.mark.redis
 PREFERRED = {"gpu_capability_score": 10000}
 #: Hostile nodes heartbeat from threads of the test process; on a busy machine a beat can
 #: be late, and a node that blinked offline would change which nodes a request tries.
-ROUTER_FLAGS = {"exclusion_cooldown_s": 60, "node_timeout_s": 10}
+#: Without affinity: these tests count which nodes each request tries, and a pin would send
+#: a later request straight to the node that served an earlier one.
+ROUTER_FLAGS = {"exclusion_cooldown_s": 60, "node_timeout_s": 10, "no_affinity": True}
 
 
 class Fleet:
