@@ -14,10 +14,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from integration.procs import Cluster, Router, wait_until
@@ -54,6 +56,8 @@ class Rows(HTMLParser):
         self.models: list[str] = []
         self.decision_cells: list[str] = []
         self.hidden: set[str] = set()
+        #: Every chart's plotted values, by what it shows ("rps", "node-load:<id>", ...).
+        self.charts: dict[str, list[list[float | None]]] = {}
         self._in_decisions = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -66,6 +70,14 @@ class Rows(HTMLParser):
             self._in_decisions = True
         if "hidden" in a and a.get("id"):
             self.hidden.add(str(a["id"]))
+        if tag == "svg" and a.get("data-values"):
+            for attr, prefix in (("data-chart", ""), ("data-node-load", "node-load:")):
+                if a.get(attr):
+                    self.charts[prefix + str(a[attr])] = json.loads(str(a["data-values"]))
+            if a.get("data-model-rps"):
+                self.charts["model-rps:" + str(a["data-model-rps"])] = json.loads(
+                    str(a["data-values"])
+                )
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "table":
@@ -191,3 +203,73 @@ def test_a_locked_dashboard_asks_for_the_admin_key(fleet: Cluster) -> None:
     view.feed(dom)
     assert "main" in view.hidden and "login" not in view.hidden
     assert view.nodes == {}
+
+
+def _total(values: list[float | None]) -> float:
+    return sum(v for v in values if v is not None)
+
+
+def _history(router: Router) -> dict[str, object]:
+    state = httpx.get(f"{router.url}/dashboard/api/state", timeout=5).json()
+    history: dict[str, object] = state["history"]
+    return history
+
+
+def _same_on_both(first: Router, second: Router) -> tuple[Rows, Rows]:
+    """Both replicas' rendered charts, read within one bucket (a new bucket shifts every
+    series left by one, so a pair straddling a boundary is read again)."""
+    for _ in range(3):
+        views = rendered(first), rendered(second)
+        if views[0].charts == views[1].charts:
+            return views
+    return views
+
+
+def test_charts_move_with_traffic_and_are_the_same_on_every_replica(fleet: Cluster) -> None:
+    first, second = fleet.routers[:2]  # the open replicas (a later one may be locked)
+    slow = fleet.start_node(
+        ["m-chart"],
+        backend="cuda",
+        machine_name="chart-dash",
+        max_concurrency=2,
+        ttft_ms=150,
+        tokens_per_s=20,
+    )
+    node_id = fleet.wait_online(slow)
+
+    before = rendered(first)
+    assert {"rps", "errors", "latency", "ttft", "queue"} <= set(before.charts)
+    assert len(before.charts["rps"][0]) == 90  # 15 minutes of 10-second buckets
+    assert _total(before.charts[f"node-load:{node_id}"][0]) == 0
+    assert _total(before.charts["model-rps:m-chart"][0]) == 0
+
+    def stream(i: int) -> str:
+        client = openai.OpenAI(base_url=(first, second)[i % 2].api_base, api_key="x", max_retries=0)
+        text = ""
+        for chunk in client.chat.completions.create(
+            model="m-chart",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=40,
+            stream=True,
+        ):
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+        return text
+
+    # Six streams of about two seconds each on two slots, through both replicas: four
+    # queue, for longer than the replicas' sampling period.
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(stream, range(6)))
+    wait_until(
+        lambda: _total(_history(first)["models"]["m-chart"]["requests_per_s"]) * 10 >= 6,  # type: ignore[index]
+        10,
+        "both replicas' counts in the shared history",
+    )
+
+    a, b = _same_on_both(first, second)
+    assert a.charts == b.charts
+    rps = a.charts["model-rps:m-chart"][0]
+    assert round(_total(rps) * 10) == 6
+    assert _total(a.charts["rps"][0]) > _total(before.charts["rps"][0])
+    assert max(v or 0 for v in a.charts[f"node-load:{node_id}"][0]) == 100.0
+    assert max(v or 0 for v in a.charts["ttft"][0]) >= 150  # p50 and p99 of the streams
+    assert any(max(v or 0 for v in line) > 0 for line in a.charts["queue"])

@@ -232,7 +232,7 @@ async def test_a_deregistered_node_leaves_the_fleet_gauges(rig: Rig) -> None:
     assert value(before, "llm_router_fleet_node_up", node=rig.node_id) == 1
     assert (await rig.client.delete(f"/v0/nodes/{rig.node_id}")).status_code in (200, 204)
     # The fleet view is cached for a second; a fresh app state would not be: wait it out.
-    rig.client.app.state.fleet.telemetry.view._cached = None
+    rig.client.app.state.fleet.telemetry.view.invalidate()
     after = await scrape(rig.client)
     assert "llm_router_fleet_node_up" not in after
     assert value(after, "llm_router_fleet_models") == 0

@@ -58,13 +58,15 @@ async def dashboard_asset(name: FromPath[str]) -> Response[bytes]:
 
 @get("/dashboard/api/state")
 async def dashboard_state(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Nodes, models with their queues, and the fleet's recent routing decisions."""
+    """Nodes, models with their queues, the fleet's recent routing decisions, and the last
+    15 minutes of traffic, latency, queue depth and node load (identical on every replica)."""
     fleet = fleet_of(request)
     fleet.keyring.check(request.headers, Scope.ADMIN)
     telemetry = fleet.telemetry
     try:
         snap = await telemetry.view.snapshot()
         decisions = await telemetry.decisions.recent(RECENT_DECISIONS)
+        history = await telemetry.history.series()
     except STORE_DOWN_ERRORS as exc:
         raise StateStoreUnavailable(f"state store unavailable: {exc}") from exc
     body = {
@@ -74,6 +76,7 @@ async def dashboard_state(request: Request[Any, Any, Any]) -> Response[dict[str,
         "nodes": snap.nodes,
         "models": snap.models,
         "decisions": decisions,
+        "history": history,
     }
     return Response(body, headers={"cache-control": "no-store"})
 

@@ -9,7 +9,6 @@ buffer never needs to hold more than that either.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections import deque
@@ -18,6 +17,7 @@ from typing import Any
 import orjson
 
 from llm_router.observability.metrics import Counter
+from llm_router.observability.periodic import PeriodicFlush
 from llm_router.state.scripts import STORE_DOWN_ERRORS
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KEEP = 200
 
 
-class DecisionLog:
+class DecisionLog(PeriodicFlush):
     def __init__(
         self,
         redis: Any,
@@ -35,13 +35,12 @@ class DecisionLog:
         keep: int = DEFAULT_KEEP,
         flush_interval_s: float = 0.5,
     ) -> None:
+        super().__init__("recent decisions", flush_interval_s)
         self._redis = redis
         self._key = key
         self._dropped = dropped
         self.keep = keep
-        self._interval = flush_interval_s
         self._pending: deque[dict[str, Any]] = deque(maxlen=keep)
-        self._task: asyncio.Task[None] | None = None
 
     def record(self, entry: dict[str, Any]) -> None:
         self._pending.append(entry)
@@ -69,22 +68,3 @@ class DecisionLog:
                 if isinstance(value, dict):
                     out.append(value)
         return out
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._flush_forever(), name="decision-log")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self.flush()
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.flush()
-            except Exception as exc:
-                log.warning("recent decisions flush failed: %s", exc)

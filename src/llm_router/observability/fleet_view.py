@@ -8,8 +8,6 @@ replica still cost Redis at most one read per second.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 from llm_router.errors import StateStoreUnavailable
 from llm_router.observability.metrics import OTHER
 from llm_router.observability.router_metrics import RouterMetrics
+from llm_router.observability.shared_read import SharedRead
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry
 from llm_router.state.scripts import STORE_DOWN_ERRORS
@@ -49,7 +48,7 @@ _NODE_FIELDS = (
     "max_concurrency_source",
 )
 
-_STATE_DOWN: tuple[type[BaseException], ...] = (*STORE_DOWN_ERRORS, StateStoreUnavailable)
+STATE_DOWN: tuple[type[BaseException], ...] = (*STORE_DOWN_ERRORS, StateStoreUnavailable)
 
 
 @dataclass
@@ -68,23 +67,13 @@ class FleetView:
         self._keys = keys
         self._registry = registry
         self._forget_ms = forget_ms
-        self._ttl_s = ttl_s
-        self._cached: FleetSnapshot | None = None
-        self._cached_at = 0.0
-        self._inflight: asyncio.Future[FleetSnapshot] | None = None
+        self._shared = SharedRead(self._read, ttl_s)
 
     async def snapshot(self) -> FleetSnapshot:
-        if self._cached is not None and time.monotonic() - self._cached_at < self._ttl_s:
-            return self._cached
-        if self._inflight is not None:
-            return await asyncio.shield(self._inflight)
-        self._inflight = asyncio.ensure_future(self._read())
-        try:
-            snap = await asyncio.shield(self._inflight)
-        finally:
-            self._inflight = None
-        self._cached, self._cached_at = snap, time.monotonic()
-        return snap
+        return await self._shared.get()
+
+    def invalidate(self) -> None:
+        self._shared.invalidate()
 
     async def _read(self) -> FleetSnapshot:
         records = await self._registry.list_nodes()
@@ -141,7 +130,7 @@ async def refresh_fleet_gauges(view: FleetView, metrics: RouterMetrics) -> None:
     """Recompute the fleet-wide gauges from Redis; on failure, report the state as down."""
     try:
         snap = await view.snapshot()
-    except _STATE_DOWN:
+    except STATE_DOWN:
         metrics.fleet_up.set(0)
         return
     except Exception:

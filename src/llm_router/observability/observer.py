@@ -16,6 +16,7 @@ from typing import Any
 from llm_router.errors import RouterError
 from llm_router.observability.access_log import AccessLog
 from llm_router.observability.decisions import DecisionLog
+from llm_router.observability.history import HistoryRecorder
 from llm_router.observability.metrics import OTHER
 from llm_router.observability.router_metrics import RouterMetrics
 
@@ -88,11 +89,13 @@ class Observer:
         decisions: DecisionLog | None = None,
         access_log: AccessLog | None = None,
         replica: str = "",
+        history: HistoryRecorder | None = None,
     ) -> None:
         self.metrics = metrics
         self.decisions = decisions
         self.access_log = access_log
         self.replica = replica
+        self.history = history
 
     # --- hooks called by the proxy ----------------------------------------------------------
 
@@ -161,6 +164,9 @@ class Observer:
             m.overhead.observe(
                 max(0.0, trace.first_byte_s - trace.upstream_s - trace.queue_ms / 1000.0)
             )
+        if self.history is not None:
+            ttft_s = trace.first_byte_s if trace.stream else None
+            self.history.record(model, status, broken, total_s, ttft_s)
         if self.decisions is None and self.access_log is None:
             return
         entry: dict[str, Any] = {

@@ -116,6 +116,10 @@ class RouterMetrics:
             "llm_router_decision_log_dropped_total",
             "Recent-decision entries not written to Redis (store unreachable).",
         )
+        self.history_dropped = r.counter(
+            "llm_router_history_dropped_total",
+            "Requests left out of the dashboard's history (store unreachable at the flush).",
+        )
         # Fleet-wide views, recomputed from Redis at scrape time (identical on every replica).
         self.fleet_up = r.gauge(
             "llm_router_fleet_state_up", "1 when the fleet state could be read at this scrape."

@@ -12,6 +12,7 @@ from llm_router.observability import tracing
 from llm_router.observability.access_log import AccessLog, access_logger
 from llm_router.observability.decisions import DecisionLog
 from llm_router.observability.fleet_view import FleetView, refresh_fleet_gauges
+from llm_router.observability.history import HistoryRecorder, HistoryView
 from llm_router.observability.observer import Observer
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.settings import RouterSettings
@@ -24,15 +25,19 @@ def replica_name(settings: RouterSettings) -> str:
 
 
 def _observer(
-    metrics: RouterMetrics, decisions: DecisionLog, access: AccessLog | None, replica: str
+    metrics: RouterMetrics,
+    decisions: DecisionLog,
+    access: AccessLog | None,
+    replica: str,
+    history: HistoryRecorder,
 ) -> Observer:
     """With tracing off the proxy's hooks are the plain observer's: no span code runs."""
     tracer = tracing.tracer()
     if tracer is None:
-        return Observer(metrics, decisions, access, replica)
+        return Observer(metrics, decisions, access, replica, history)
     from llm_router.observability.request_spans import TracingObserver
 
-    return TracingObserver(metrics, decisions, access, replica, tracer=tracer)
+    return TracingObserver(metrics, decisions, access, replica, history, tracer=tracer)
 
 
 @dataclass
@@ -41,6 +46,8 @@ class Telemetry:
     observer: Observer
     decisions: DecisionLog
     view: FleetView
+    history: HistoryView
+    recorder: HistoryRecorder
     replica: str
 
     @classmethod
@@ -55,19 +62,25 @@ class Telemetry:
         replica = replica_name(settings)
         decisions = DecisionLog(redis, keys.decisions, metrics.decisions_dropped)
         access = AccessLog(access_logger(), replica) if settings.access_log else None
+        view = FleetView(redis, keys, registry, forget_ms=int(settings.node_forget_s * 1000))
+        recorder = HistoryRecorder(redis, keys, view, metrics.history_dropped)
         return cls(
             metrics=metrics,
-            observer=_observer(metrics, decisions, access, replica),
+            observer=_observer(metrics, decisions, access, replica, recorder),
             decisions=decisions,
-            view=FleetView(redis, keys, registry, forget_ms=int(settings.node_forget_s * 1000)),
+            view=view,
+            history=HistoryView(redis, keys, view),
+            recorder=recorder,
             replica=replica,
         )
 
     def start(self) -> None:
         self.decisions.start()
+        self.recorder.start()
 
     async def stop(self) -> None:
         await self.decisions.stop()
+        await self.recorder.stop()
         tracing.flush()
 
     async def render(self, *, leases_held: int, queue_waiters: int) -> str:

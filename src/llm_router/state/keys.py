@@ -125,6 +125,16 @@ class Keys:
         """list: the fleet's most recent routing decisions (JSON, newest first), capped."""
         return f"{self.base}decisions:recent"
 
+    def history(self, bucket_start_s: int) -> str:
+        """hash: one time bucket of the fleet's traffic (request, error and latency-histogram
+        counts), summed over replicas; expires once it leaves the dashboard's window."""
+        return f"{self.base}history:{bucket_start_s}"
+
+    def history_peaks(self, bucket_start_s: int) -> str:
+        """zset: one time bucket's peak gauges (queue depth per model, load per node), the
+        highest sample any replica took in the bucket; expires with ``history``."""
+        return f"{self.base}history-peaks:{bucket_start_s}"
+
     @property
     def api_keys(self) -> str:
         """hash: sha256(key) → JSON {scope, name, created}: keys managed in Redis."""

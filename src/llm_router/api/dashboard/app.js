@@ -5,6 +5,8 @@
 const POLL_MS = 2000;
 const KEY_STORE = "llm-router-admin-key";
 const $ = (id) => document.getElementById(id);
+const SVG_NS = "http://www.w3.org/2000/svg";
+const PALETTE = 6; // line colours c0..c5 in style.css, cycled
 
 function el(tag, props, children) {
   const node = document.createElement(tag);
@@ -62,7 +64,7 @@ function runtimeCell(n) {
   ]);
 }
 
-function nodeRow(n, now) {
+function nodeRow(n, now, history) {
   const cap = Math.max(1, n.max_concurrency || 1);
   const used = n.in_flight || 0;
   const pct = Math.min(100, Math.round((100 * used) / cap));
@@ -83,17 +85,22 @@ function nodeRow(n, now) {
     runtimeCell(n),
     el("td", {}, [bar, el("span", { text: pct + "%" })]),
     el("td", { class: "mono", text: `${used} / ${cap}` + (n.max_concurrency_source ? ` (${n.max_concurrency_source})` : "") }),
+    el("td", {}, [sparkline({ "data-node-load": n.id },
+      history.node_load_pct[n.id] || history.starts.map(() => 0), 100)]),
     el("td", { text: ago(n.last_seen ? now - n.last_seen : null) }),
     el("td", {}, tags(n.executable_models, n.excluded_models, n.loaded_models)),
   ]);
 }
 
-function modelRow(m) {
+function modelRow(m, history) {
+  const h = history.models[m.id];
   return el("tr", { "data-model": m.id }, [
     el("td", { class: "mono", text: m.id }),
     el("td", { text: String(m.online_nodes) }),
     el("td", {}, m.backends.map((b) => el("span", { class: "pill be", text: b }))),
     el("td", { text: String(m.queue_depth) }),
+    el("td", {}, [sparkline({ "data-model-rps": m.id },
+      h ? h.requests_per_s : history.starts.map(() => 0), 0.1)]),
     el("td", {}, m.nodes.map((n) =>
       el("span", { class: "tag" + (n.status === "online" ? "" : " excluded"), text: n.machine_name }))),
   ]);
@@ -116,6 +123,89 @@ function decisionRow(d, names) {
   ]);
 }
 
+// --- charts: inline SVG, one path per series, gaps where a bucket saw nothing -------------
+
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+function pathOf(values, max, w, h) {
+  const step = values.length > 1 ? w / (values.length - 1) : w;
+  let d = "";
+  let pen = false;
+  values.forEach((v, i) => {
+    if (v == null) { pen = false; return; }
+    const x = (i * step).toFixed(1);
+    const y = (h - 1 - (Math.min(v, max) / max) * (h - 2)).toFixed(1);
+    d += (pen ? "L" : "M") + x + " " + y;
+    pen = true;
+  });
+  return d;
+}
+
+// Draws `lines` ([{values, cls}]) into `svg`; the y axis starts at 0 and ends at the
+// largest value (or `floor`, whichever is higher). The values are kept on the element.
+function draw(svg, lines, floor) {
+  const w = 300;
+  const h = Number(svg.getAttribute("height")) || 60;
+  const seen = lines.flatMap((l) => l.values).filter((v) => v != null);
+  const max = Math.max(floor || 0, ...seen) || 1;
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("data-values", JSON.stringify(lines.map((l) => l.values)));
+  svg.setAttribute("data-max", String(max));
+  const children = [svgEl("line", { x1: 0, x2: w, y1: h - 0.5, y2: h - 0.5, class: "axis" })];
+  for (const line of lines) {
+    const d = pathOf(line.values, max, w, h);
+    if (d) children.push(svgEl("path", { d, class: "ln " + line.cls, "vector-effect": "non-scaling-stroke" }));
+  }
+  svg.replaceChildren(...children);
+  return max;
+}
+
+function last(values) {
+  for (let i = values.length - 1; i >= 0; i--) if (values[i] != null) return values[i];
+  return null;
+}
+
+function num(v, unit) {
+  if (v == null) return "–";
+  const text = v >= 100 ? Math.round(v).toString() : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+  return text + (unit || "");
+}
+
+function legend(id, items) {
+  $(id).replaceChildren(...items.map(([cls, label, value]) =>
+    el("span", { class: "key " + cls }, [el("i"), el("span", { text: `${label} ${value}` })])));
+}
+
+function renderCharts(h) {
+  const pct = (vs) => vs.map((v) => (v == null ? null : 100 * v));
+  draw($("ch-rps"), [{ values: h.requests_per_s, cls: "c0" }], 1);
+  legend("lg-rps", [["c0", "now", num(last(h.requests_per_s))]]);
+  const errors = pct(h.error_rate);
+  draw($("ch-err"), [{ values: errors, cls: "bad" }], 5);
+  legend("lg-err", [["bad", "now", num(last(errors), " %")]]);
+  for (const [id, s] of [["lat", h.latency_ms], ["ttft", h.ttft_ms]]) {
+    draw($("ch-" + id), [{ values: s.p50, cls: "c0" }, { values: s.p99, cls: "c1" }], 1);
+    legend("lg-" + id, [["c0", "p50", num(last(s.p50), " ms")], ["c1", "p99", num(last(s.p99), " ms")]]);
+  }
+  const models = Object.keys(h.models);
+  const queues = models.map((m, i) => ({ values: h.models[m].queue_depth, cls: "c" + (i % PALETTE) }));
+  draw($("ch-queue"), queues, 1);
+  legend("lg-queue", models.map((m, i) =>
+    ["c" + (i % PALETTE), m, num(last(h.models[m].queue_depth))]));
+  $("span").textContent = `${Math.round((h.starts.length * h.bucket_s) / 60)} min, ${h.bucket_s} s buckets`;
+}
+
+function sparkline(attrs, values, floor) {
+  const svg = svgEl("svg", { class: "spark", height: 20, ...attrs });
+  draw(svg, [{ values, cls: "c0" }], floor);
+  return svg;
+}
+
 function render(state) {
   const now = state.generated_at;
   const names = {};
@@ -130,9 +220,10 @@ function render(state) {
   const capacity = online.reduce((s, n) => s + (n.max_concurrency || 0), 0);
   $("c-inflight").textContent = `${inflight} / ${capacity}`;
   $("c-queued").textContent = String(state.models.reduce((s, m) => s + m.queue_depth, 0));
-  fill(document.querySelector("#nodes tbody"), state.nodes.map((n) => nodeRow(n, now)));
+  fill(document.querySelector("#nodes tbody"), state.nodes.map((n) => nodeRow(n, now, state.history)));
   $("nodes-empty").hidden = state.nodes.length > 0;
-  fill(document.querySelector("#models tbody"), state.models.map(modelRow));
+  fill(document.querySelector("#models tbody"), state.models.map((m) => modelRow(m, state.history)));
+  renderCharts(state.history);
   fill(document.querySelector("#decisions tbody"), state.decisions.map((d) => decisionRow(d, names)));
 }
 

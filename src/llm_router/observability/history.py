@@ -1,0 +1,235 @@
+"""The fleet's recent past for the dashboard: traffic, errors, latency and TTFT, queue
+depth per model and load per node, in 10-second buckets over the last 15 minutes.
+
+Kept in Redis, so every replica draws the same charts. Each bucket is two keys (see
+``docs/redis-keys.md``): a hash of counts every replica adds to (``HINCRBY``), and a sorted
+set of peak gauges every replica raises (``ZADD GT``). Both expire on their own once they
+leave the window, so nothing needs cleaning up and the layout is bounded.
+
+The request path only updates a few in-memory counters (``HistoryRecorder.record``). Every
+``FLUSH_S`` a background task adds them to the current bucket with one pipelined round trip,
+together with the peaks sampled from the fleet view. The bucket is chosen by the Redis clock
+(the fleet view's time), so replicas whose clocks disagree still fill the same buckets.
+A replica killed mid-way loses at most its last ``FLUSH_S`` of counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llm_router.observability.fleet_view import STATE_DOWN, FleetSnapshot, FleetView
+from llm_router.observability.metrics import Counter
+from llm_router.observability.periodic import PeriodicFlush
+from llm_router.observability.quantiles import bucket_of, quantile_ms
+from llm_router.observability.shared_read import SharedRead
+from llm_router.state.keys import Keys
+from llm_router.state.scripts import STORE_DOWN_ERRORS
+
+log = logging.getLogger(__name__)
+
+BUCKET_S = 10
+WINDOW_S = 15 * 60
+BUCKETS = WINDOW_S // BUCKET_S
+FLUSH_S = 2.0
+#: A bucket outlives the window by this much, so a reader at the window's edge finds it.
+_EXPIRY_SLACK_S = 60
+#: Peak gauges kept per bucket: the longest queues and the busiest nodes.
+MAX_QUEUES = 64
+MAX_NODES = 128
+
+# Hash fields and zset members. The variable part comes last, so any model id is safe.
+_REQUESTS = "r:"
+_ERRORS = "e:"
+_LATENCY = "l:"
+_TTFT = "t:"
+_QUEUE = "q:"
+_LOAD = "n:"
+
+
+def is_error(status: int, broken: bool) -> bool:
+    """An answer the fleet failed to give: a 5xx, a 429 (busy, queue full), a broken stream.
+    Other 4xx are the client's mistakes and are not counted against the fleet."""
+    return broken or status >= 500 or status == 429
+
+
+def bucket_start(now_s: float) -> int:
+    return int(now_s // BUCKET_S) * BUCKET_S
+
+
+class HistoryRecorder(PeriodicFlush):
+    """One replica's contribution: counts from the request path, peaks from the fleet view."""
+
+    def __init__(self, redis: Any, keys: Keys, view: FleetView, dropped: Counter) -> None:
+        super().__init__("history", FLUSH_S)
+        self._redis = redis
+        self._keys = keys
+        self._view = view
+        self._dropped = dropped
+        # Counts since the last flush, as hash field → increment.
+        self._pending: Tally[str] = Tally()
+
+    def record(
+        self, model: str, status: int, broken: bool, total_s: float, ttft_s: float | None
+    ) -> None:
+        """Called once per finished request; ``model`` is already a bounded label."""
+        counts = self._pending
+        counts[_REQUESTS + model] += 1
+        if is_error(status, broken):
+            counts[_ERRORS + model] += 1
+        counts[_LATENCY + str(bucket_of(total_s))] += 1
+        if ttft_s is not None:
+            counts[_TTFT + str(bucket_of(ttft_s))] += 1
+
+    async def flush(self) -> None:
+        try:
+            snap = await self._view.snapshot()
+        except STATE_DOWN as exc:
+            # The counts wait for the store (they are bounded: one field per label/bucket).
+            log.debug("history not written: %s", exc)
+            return
+        pending, self._pending = self._pending, Tally()
+        peaks = _peaks(snap)
+        if not pending and not peaks:
+            return
+        start = bucket_start(snap.taken_at)
+        expire_at = start + BUCKET_S + WINDOW_S + _EXPIRY_SLACK_S
+        counts_key, peaks_key = self._keys.history(start), self._keys.history_peaks(start)
+        pipe = self._redis.pipeline(transaction=False)
+        for name, amount in pending.items():
+            pipe.hincrby(counts_key, name, amount)
+        if pending:
+            pipe.expireat(counts_key, expire_at)
+        if peaks:
+            pipe.zadd(peaks_key, peaks, gt=True)
+            pipe.expireat(peaks_key, expire_at)
+        try:
+            await pipe.execute()
+        except STORE_DOWN_ERRORS as exc:
+            # Not retried: a partly applied pipeline would be counted twice.
+            self._dropped.inc(amount=sum(n for k, n in pending.items() if k.startswith(_REQUESTS)))
+            log.debug("history not written: %s", exc)
+
+
+def _busiest(values: Mapping[str, float], limit: int) -> dict[str, float]:
+    ordered = sorted((k for k, v in values.items() if v > 0), key=lambda k: (-values[k], k))
+    return {k: values[k] for k in ordered[:limit]}
+
+
+def _load_pct(node: Mapping[str, Any]) -> float:
+    capacity = max(1, int(node["max_concurrency"] or 1))
+    return round(100.0 * int(node["in_flight"] or 0) / capacity, 1)
+
+
+def _peaks(snap: FleetSnapshot) -> dict[str, float]:
+    """This moment's gauges worth remembering; zero is what a missing member means."""
+    queues = _busiest({m: float(d) for m, d in snap.queue_depth.items()}, MAX_QUEUES)
+    loads = _busiest({str(n["id"]): _load_pct(n) for n in snap.nodes}, MAX_NODES)
+    return {
+        **{_QUEUE + m: v for m, v in queues.items()},
+        **{_LOAD + n: v for n, v in loads.items()},
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class _Bucket:
+    counts: dict[str, int]
+    peaks: dict[str, float]
+
+    def histogram(self, prefix: str) -> dict[int, int]:
+        return {
+            int(k[len(prefix) :]): v
+            for k, v in self.counts.items()
+            if k.startswith(prefix) and k[len(prefix) :].isdigit()
+        }
+
+    def by_name(self, prefix: str) -> dict[str, int]:
+        return {k[len(prefix) :]: v for k, v in self.counts.items() if k.startswith(prefix)}
+
+
+def _names(buckets: Iterable[_Bucket], prefix: str, *, peaks: bool) -> list[str]:
+    found = {
+        k[len(prefix) :]
+        for b in buckets
+        for k in (b.peaks if peaks else b.counts)
+        if k.startswith(prefix)
+    }
+    return sorted(found)
+
+
+def build_series(starts: list[int], buckets: list[_Bucket]) -> dict[str, Any]:
+    """The charts' data: one value per bucket, oldest first; None where nothing was seen."""
+    requests = [sum(b.by_name(_REQUESTS).values()) for b in buckets]
+    errors = [sum(b.by_name(_ERRORS).values()) for b in buckets]
+    error_rate = [round(e / n, 4) if n else None for e, n in zip(errors, requests, strict=True)]
+    latency = [b.histogram(_LATENCY) for b in buckets]
+    ttft = [b.histogram(_TTFT) for b in buckets]
+    models = sorted(
+        set(_names(buckets, _REQUESTS, peaks=False)) | set(_names(buckets, _QUEUE, peaks=True))
+    )
+    return {
+        "bucket_s": BUCKET_S,
+        "starts": starts,
+        "requests_per_s": [round(n / BUCKET_S, 3) for n in requests],
+        "error_rate": error_rate,
+        "latency_ms": {
+            "p50": [quantile_ms(h, 0.5) for h in latency],
+            "p99": [quantile_ms(h, 0.99) for h in latency],
+        },
+        "ttft_ms": {
+            "p50": [quantile_ms(h, 0.5) for h in ttft],
+            "p99": [quantile_ms(h, 0.99) for h in ttft],
+        },
+        "models": {
+            m: {
+                "requests_per_s": [
+                    round(b.counts.get(_REQUESTS + m, 0) / BUCKET_S, 3) for b in buckets
+                ],
+                "queue_depth": [b.peaks.get(_QUEUE + m, 0.0) for b in buckets],
+            }
+            for m in models
+        },
+        "node_load_pct": {
+            n: [b.peaks.get(_LOAD + n, 0.0) for b in buckets]
+            for n in _names(buckets, _LOAD, peaks=True)
+        },
+    }
+
+
+class HistoryView:
+    """The window as read from Redis: one pipelined read, shared and cached like the fleet
+    view, so any number of open dashboards cost Redis one read per replica per second."""
+
+    def __init__(self, redis: Any, keys: Keys, view: FleetView, *, ttl_s: float = 1.0) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._view = view
+        self._shared = SharedRead(self._read, ttl_s)
+
+    async def series(self) -> dict[str, Any]:
+        return await self._shared.get()
+
+    async def _read(self) -> dict[str, Any]:
+        snap = await self._view.snapshot()
+        last = bucket_start(snap.taken_at)
+        starts = [last - BUCKET_S * i for i in range(BUCKETS - 1, -1, -1)]
+        pipe = self._redis.pipeline(transaction=False)
+        for start in starts:
+            pipe.hgetall(self._keys.history(start))
+            pipe.zrange(self._keys.history_peaks(start), 0, -1, withscores=True)
+        raw = await pipe.execute()
+        buckets = [
+            _Bucket(
+                counts={_text(k): int(v) for k, v in raw[2 * i].items()},
+                peaks={_text(k): float(v) for k, v in raw[2 * i + 1]},
+            )
+            for i in range(len(starts))
+        ]
+        return build_series(starts, buckets)
