@@ -16,7 +16,6 @@ A replica killed mid-way loses at most its last ``FLUSH_S`` of counts.
 from __future__ import annotations
 
 import logging
-from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 from llm_router.observability.fleet_view import STATE_DOWN, FleetSnapshot, FleetView
 from llm_router.observability.metrics import Counter
 from llm_router.observability.periodic import PeriodicFlush
-from llm_router.observability.quantiles import bucket_of, quantile_ms
+from llm_router.observability.quantiles import TOP_INDEX, bucket_of, quantile_ms
 from llm_router.observability.shared_read import SharedRead
 from llm_router.state.keys import Keys
 from llm_router.state.scripts import STORE_DOWN_ERRORS
@@ -48,6 +47,9 @@ _LATENCY = "l:"
 _TTFT = "t:"
 _QUEUE = "q:"
 _LOAD = "n:"
+# Field names built once: the request path only looks them up.
+_LATENCY_FIELDS = [f"{_LATENCY}{i}" for i in range(TOP_INDEX + 1)]
+_TTFT_FIELDS = [f"{_TTFT}{i}" for i in range(TOP_INDEX + 1)]
 
 
 def is_error(status: int, broken: bool) -> bool:
@@ -70,19 +72,24 @@ class HistoryRecorder(PeriodicFlush):
         self._view = view
         self._dropped = dropped
         # Counts since the last flush, as hash field → increment.
-        self._pending: Tally[str] = Tally()
+        self._pending: dict[str, int] = {}
+        self._model_fields: dict[str, tuple[str, str]] = {}
 
     def record(
         self, model: str, status: int, broken: bool, total_s: float, ttft_s: float | None
     ) -> None:
         """Called once per finished request; ``model`` is already a bounded label."""
         counts = self._pending
-        counts[_REQUESTS + model] += 1
+        fields = self._model_fields.get(model)
+        if fields is None:
+            fields = self._model_fields[model] = (_REQUESTS + model, _ERRORS + model)
+        names = [fields[0], _LATENCY_FIELDS[bucket_of(total_s)]]
         if is_error(status, broken):
-            counts[_ERRORS + model] += 1
-        counts[_LATENCY + str(bucket_of(total_s))] += 1
+            names.append(fields[1])
         if ttft_s is not None:
-            counts[_TTFT + str(bucket_of(ttft_s))] += 1
+            names.append(_TTFT_FIELDS[bucket_of(ttft_s)])
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
 
     async def flush(self) -> None:
         try:
@@ -91,7 +98,7 @@ class HistoryRecorder(PeriodicFlush):
             # The counts wait for the store (they are bounded: one field per label/bucket).
             log.debug("history not written: %s", exc)
             return
-        pending, self._pending = self._pending, Tally()
+        pending, self._pending = self._pending, {}
         peaks = _peaks(snap)
         if not pending and not peaks:
             return

@@ -1,5 +1,6 @@
 """Latency histograms small enough to sum across replicas: geometric buckets, four per
-doubling from 1 ms, so a quantile read back from merged counts is within ±9 % of the truth.
+doubling from 1 ms, so a quantile read back from merged counts is off by less than one
+bucket (a factor of 1.19), and by a few per cent for smooth distributions.
 
 A bucket is an integer index; a histogram is a sparse ``index → count`` map, so a replica
 that saw a few distinct latencies writes a few fields, whatever the range of the scale.
@@ -7,7 +8,7 @@ that saw a few distinct latencies writes a few fields, whatever the range of the
 
 from __future__ import annotations
 
-import math
+from bisect import bisect_left
 from collections.abc import Mapping
 
 STEPS_PER_DOUBLING = 4
@@ -15,16 +16,18 @@ STEPS_PER_DOUBLING = 4
 TOP_INDEX = 80
 
 
-def bucket_of(seconds: float) -> int:
-    """The bucket holding ``seconds``: index ``i`` covers (upper(i-1), upper(i)] ms."""
-    ms = seconds * 1000.0
-    if ms <= 1.0:
-        return 0
-    return min(TOP_INDEX, math.ceil(STEPS_PER_DOUBLING * math.log2(ms)))
-
-
 def upper_ms(index: int) -> float:
     return float(2.0 ** (index / STEPS_PER_DOUBLING))
+
+
+# Upper bounds in seconds; the last bucket takes everything above its bound too.
+_UPPER_S = [upper_ms(i) / 1000.0 for i in range(TOP_INDEX)]
+
+
+def bucket_of(seconds: float) -> int:
+    """The bucket holding ``seconds``: index ``i`` covers (upper(i-1), upper(i)] ms.
+    A bisection (C code) rather than a logarithm: it runs once per request."""
+    return bisect_left(_UPPER_S, seconds)
 
 
 def quantile_ms(counts: Mapping[int, int], q: float) -> float | None:

@@ -6,7 +6,7 @@ const POLL_MS = 2000;
 const KEY_STORE = "llm-router-admin-key";
 const $ = (id) => document.getElementById(id);
 const SVG_NS = "http://www.w3.org/2000/svg";
-const PALETTE = 6; // line colours c0..c5 in style.css, cycled
+const PALETTE = 6; // line colours c0..c5 in style.css
 
 function el(tag, props, children) {
   const node = document.createElement(tag);
@@ -181,22 +181,26 @@ function legend(id, items) {
     el("span", { class: "key " + cls }, [el("i"), el("span", { text: `${label} ${value}` })])));
 }
 
+// One chart of the "fleet over time" row: its lines, the top of its y axis, its legend.
+function plot(id, lines, floor, unit) {
+  const max = draw($("ch-" + id), lines, floor);
+  $("mx-" + id).textContent = num(max, unit);
+  legend("lg-" + id, lines.map((l) => [l.cls, l.name, num(last(l.values), unit)]));
+}
+
 function renderCharts(h) {
   const pct = (vs) => vs.map((v) => (v == null ? null : 100 * v));
-  draw($("ch-rps"), [{ values: h.requests_per_s, cls: "c0" }], 1);
-  legend("lg-rps", [["c0", "now", num(last(h.requests_per_s))]]);
-  const errors = pct(h.error_rate);
-  draw($("ch-err"), [{ values: errors, cls: "bad" }], 5);
-  legend("lg-err", [["bad", "now", num(last(errors), " %")]]);
+  plot("rps", [{ values: h.requests_per_s, cls: "c0", name: "now" }], 1, "");
+  plot("err", [{ values: pct(h.error_rate), cls: "bad", name: "now" }], 5, " %");
   for (const [id, s] of [["lat", h.latency_ms], ["ttft", h.ttft_ms]]) {
-    draw($("ch-" + id), [{ values: s.p50, cls: "c0" }, { values: s.p99, cls: "c1" }], 1);
-    legend("lg-" + id, [["c0", "p50", num(last(s.p50), " ms")], ["c1", "p99", num(last(s.p99), " ms")]]);
+    plot(id, [{ values: s.p50, cls: "c0", name: "p50" }, { values: s.p99, cls: "c1", name: "p99" }], 1, " ms");
   }
-  const models = Object.keys(h.models);
-  const queues = models.map((m, i) => ({ values: h.models[m].queue_depth, cls: "c" + (i % PALETTE) }));
-  draw($("ch-queue"), queues, 1);
-  legend("lg-queue", models.map((m, i) =>
-    ["c" + (i % PALETTE), m, num(last(h.models[m].queue_depth))]));
+  // Only models that queued in the window get a line, the longest queues first.
+  const peak = (m) => Math.max(0, ...h.models[m].queue_depth);
+  const queued = Object.keys(h.models).filter((m) => peak(m) > 0).sort((a, b) => peak(b) - peak(a));
+  const lines = queued.slice(0, PALETTE).map((m, i) =>
+    ({ values: h.models[m].queue_depth, cls: "c" + i, name: m }));
+  plot("queue", lines.length ? lines : [{ values: h.starts.map(() => 0), cls: "c0", name: "none" }], 1, "");
   $("span").textContent = `${Math.round((h.starts.length * h.bucket_s) / 60)} min, ${h.bucket_s} s buckets`;
 }
 
