@@ -225,7 +225,13 @@ class HistoryView:
 
     async def _read(self) -> dict[str, Any]:
         snap = await self._view.snapshot()
-        last = bucket_start(snap.taken_at)
+        return await self.read_at(snap.taken_at)
+
+    async def read_at(self, now_s: float) -> dict[str, Any]:
+        """The ``BUCKETS`` buckets closed by ``now_s`` (Redis clock). The bucket still
+        filling is left out: its rate would read low until it closes, and replicas reading
+        it a moment apart would disagree."""
+        last = bucket_start(now_s) - BUCKET_S
         starts = [last - BUCKET_S * i for i in range(BUCKETS - 1, -1, -1)]
         pipe = self._redis.pipeline(transaction=False)
         for start in starts:

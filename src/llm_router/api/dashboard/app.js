@@ -190,8 +190,8 @@ function plot(id, lines, floor, unit) {
 
 function renderCharts(h) {
   const pct = (vs) => vs.map((v) => (v == null ? null : 100 * v));
-  plot("rps", [{ values: h.requests_per_s, cls: "c0", name: "now" }], 1, "");
-  plot("err", [{ values: pct(h.error_rate), cls: "bad", name: "now" }], 5, " %");
+  plot("rps", [{ values: h.requests_per_s, cls: "c0", name: "last" }], 1, "");
+  plot("err", [{ values: pct(h.error_rate), cls: "bad", name: "last" }], 5, " %");
   for (const [id, s] of [["lat", h.latency_ms], ["ttft", h.ttft_ms]]) {
     plot(id, [{ values: s.p50, cls: "c0", name: "p50" }, { values: s.p99, cls: "c1", name: "p99" }], 1, " ms");
   }
