@@ -19,6 +19,7 @@ from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.telemetry import Telemetry
 from llm_router.observability.timed_scripts import TimedScripts
 from llm_router.routing.affinity import AffinityPolicy
+from llm_router.routing.node_hop import node_ssl_context
 from llm_router.routing.proxy import Proxy, ProxyConfig
 from llm_router.routing.queue import CapacityEvents
 from llm_router.routing.select import Dispatcher, Limits
@@ -81,6 +82,7 @@ class Fleet:
                 retry_after_s=settings.heartbeat_interval_s,
             ),
         )
+        node_tls = node_ssl_context(settings)
         proxy = Proxy(
             dispatcher,
             ProxyConfig(
@@ -93,6 +95,7 @@ class Fleet:
                 max_response_bytes=settings.max_response_bytes,
                 exclusion_failures=settings.exclusion_failures,
                 exclusion_window_ms=int(settings.exclusion_window_s * 1000),
+                node_ssl=node_tls,
             ),
             telemetry.observer,
         )
@@ -106,7 +109,7 @@ class Fleet:
             events=events,
             proxy=proxy,
             keyring=KeyRing.from_settings(settings),
-            control_http=httpx.AsyncClient(timeout=settings.model_fetch_timeout_s),
+            control_http=httpx.AsyncClient(timeout=settings.model_fetch_timeout_s, verify=node_tls),
             telemetry=telemetry,
             affinity=AffinityPolicy(
                 enabled=settings.affinity,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -133,6 +133,8 @@ class RegisterRequest(_RuntimeFields):
     max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
     gpu_capability_score: float | None = Field(default=None, ge=0, le=10000)
     loaded_models: ModelList | None = None
+    #: How the router reaches the node API: ``https`` for an agent started with TLS.
+    scheme: Literal["http", "https"] = "http"
 
     @field_validator("ip_address", mode="before")
     @classmethod
@@ -220,4 +222,5 @@ class RegisterResponse(_Wire):
     status: str
     node_api_port: int
     node_token: str
+    node_secret: str
     heartbeat_interval_s: float

@@ -13,6 +13,7 @@ from llm_router.auth import startup_problems
 from llm_router.edge_limits import EdgeLimits, LimitedHttpTools
 from llm_router.fleet import Fleet
 from llm_router.observability.logs import UVICORN_LOG_CONFIG
+from llm_router.routing.node_hop import NodeTLSConfigError, node_ssl_context
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import StoreUrlError
 
@@ -46,6 +47,10 @@ class _RouterServer(uvicorn.Server):
 
 def serve(settings: RouterSettings) -> int:
     problems = startup_problems(settings)
+    try:
+        node_ssl_context(settings)
+    except NodeTLSConfigError as exc:
+        problems.append(str(exc))
     if problems:
         for problem in problems:
             log.error("llm-router: refusing to start: %s", problem)

@@ -149,6 +149,18 @@ class RouterSettings(BaseSettings):
         default=0, ge=0, description="requests per minute per API key, all replicas (0 = off)"
     )
 
+    node_ca_file: str | None = Field(
+        default=None,
+        description="CA bundle (PEM) that https nodes' certificates must chain to "
+        "(unset → the system store)",
+    )
+    node_client_cert: str | None = Field(
+        default=None, description="client certificate (PEM) presented to https nodes (mTLS)"
+    )
+    node_client_key: str | None = Field(
+        default=None, description="private key (PEM) of node_client_cert"
+    )
+
     log_level: LogLevel = Field(default="info")
     log_format: LogFormat = Field(default="text", description="text, or json (one object a line)")
     access_log: bool = Field(default=False, description="per-request log lines (costs throughput)")
@@ -169,6 +181,12 @@ class RouterSettings(BaseSettings):
                 "node_timeout_s must be greater than heartbeat_interval_s "
                 f"({self.node_timeout_s} <= {self.heartbeat_interval_s}): every node would flap"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _client_cert_has_key(self) -> RouterSettings:
+        if bool(self.node_client_cert) != bool(self.node_client_key):
+            raise ValueError("node_client_cert and node_client_key must be set together")
         return self
 
     @property

@@ -26,9 +26,24 @@ async def test_grant_carries_node_address_and_counts(fleet: Fleet) -> None:
         port=9001,
         in_flight=1,
         max_concurrency=3,
+        scheme="http",
+        secret=reg.secret,
     )
     record = await fleet.registry.get_node(reg.node_id)
     assert record is not None and record["in_flight"] == 1
+
+
+async def test_grant_carries_the_secret_of_the_latest_registration(fleet: Fleet) -> None:
+    first = await fleet.register("box-a", [M], max_concurrency=4)
+    before = (await fleet.lease(M)).granted
+    again = await fleet.register("box-a", [M], max_concurrency=4)
+    after = (await fleet.lease(M)).granted
+    assert again.node_id == first.node_id
+    assert first.secret.startswith("ns_") and again.secret != first.secret
+    assert (before.secret, after.secret) == (first.secret, again.secret)
+    record = await fleet.registry.get_node(first.node_id)
+    assert record is not None and "node_secret" not in record
+    assert again.secret not in repr(after) and record["scheme"] == "http"
 
 
 async def test_concurrent_acquires_never_overfill_a_node(fleet: Fleet) -> None:

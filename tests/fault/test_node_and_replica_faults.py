@@ -183,9 +183,10 @@ async def test_a_killed_replica_leaves_nothing_stuck(fleet: Cluster, redis_clien
 async def test_a_node_frees_its_slot_when_the_client_goes_away(fleet: Cluster) -> None:
     fleet.up(1)
     node = fleet.start_node([MODEL], backend="cuda", tokens_per_s=20, max_concurrency=1)
-    fleet.wait_online(node)
+    node_id = fleet.wait_online(node)
     node_url = f"http://127.0.0.1:{node.port}"
-    async with httpx.AsyncClient(timeout=30) as http:
+    auth = {"authorization": f"Bearer {fleet.node_secret(node_id)}"}
+    async with httpx.AsyncClient(timeout=30, headers=auth) as http:
         async with http.stream(
             "POST", f"{node_url}/v1/chat/completions", json=body(stream=True, max_tokens=400)
         ) as response:

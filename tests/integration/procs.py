@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+
+from llm_router.state.keys import Keys
 
 START_TIMEOUT_S = 20.0
 LOOPBACK = "127.0.0.1"
@@ -239,6 +242,41 @@ class Cluster:
         proc.start()
         self._procs.append(proc)
         return port
+
+    def start_agent(
+        self, runtime_url: str, *, machine_name: str, router: Router | None = None, **options: Any
+    ) -> SimNode:
+        """The real node agent (``llm-router node``) in front of a runtime the test runs."""
+        target = router or self.routers[0]
+        port = free_port_pair()
+        flags: dict[str, Any] = {
+            "heartbeat_interval_s": FAST_ROUTER_FLAGS["heartbeat_interval_s"],
+            "register_retry_max_s": 0.5,
+            "gpu_backend": "cpu",
+            "log_level": "warning",
+            **options,
+        }
+        flags.update(
+            router_url=target.url, runtime_url=runtime_url, port=port, machine_name=machine_name
+        )
+        proc = self._spawn(f"node-{machine_name}.log", ["node", *_flags(flags)])
+        node = SimNode(proc, port, machine_name, [])
+        self.nodes.append(node)
+        return node
+
+    def node_secret(self, node_id: str) -> str | None:
+        """The secret the router presents to ``node_id``, read from Redis (as any Redis
+        reader could): what a test needs to call a node directly, as its router does."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            raw = client.hget(Keys(self.key_prefix).node(node_id), "node_secret")
+        finally:
+            client.close()
+        return raw.decode() if isinstance(raw, bytes) else None
+
+    def read_logs(self) -> str:
+        """Every line every process of this cluster has logged so far."""
+        return "\n".join(p.log_path.read_text(errors="replace") for p in self._procs)
 
     # --- waiting --------------------------------------------------------------------------
 

@@ -7,20 +7,27 @@ agent's side of the protocol: bodies, headers, retry, re-registration and deregi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from llm_router.node.asgi import Receive, Scope, Send, read_body, send_json
-from llm_router.node.server import EmbeddedServer, make_server, start_server, stop_server
+from integration.certs import CertAuthority
+from integration.fake_router import FakeRouter
+from llm_router.node.server import (
+    EmbeddedServer,
+    ServerTLS,
+    make_server,
+    start_server,
+    stop_server,
+)
 from llm_router.node.settings import SimNodeSettings
 from llm_router.sim.node import run_sim_node
 
@@ -44,72 +51,6 @@ def free_port_pair() -> int:
             continue
         return port
     raise RuntimeError("no free port pair")
-
-
-@dataclass
-class Call:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class FakeRouter:
-    interval_s: float = 0.1
-    calls: list[Call] = field(default_factory=list)
-    forget_next_heartbeat: bool = False
-    tokens: int = 0
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    def of(self, method: str, path_prefix: str) -> list[Call]:
-        return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]
-
-    async def wait_for(self, predicate: Callable[[], bool], within_s: float = 20) -> None:
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(predicate), within_s)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                while (await receive())["type"] != "lifespan.shutdown":
-                    await send({"type": "lifespan.startup.complete"})
-                await send({"type": "lifespan.shutdown.complete"})
-            return
-        raw = await read_body(receive, 1 << 20)
-        call = Call(
-            scope["method"],
-            scope["path"],
-            {k.decode(): v.decode() for k, v in scope["headers"]},
-            json.loads(raw) if raw else None,
-        )
-        status, reply = self._answer(call)
-        await send_json(send, status, reply)
-        async with self.changed:
-            self.calls.append(call)
-            self.changed.notify_all()
-
-    def _answer(self, call: Call) -> tuple[int, Any]:
-        if call.method == "POST" and call.path == "/v0/nodes":
-            self.tokens += 1
-            first = self.tokens == 1
-            return (201 if first else 200), {
-                "node_id": "node-1",
-                "status": "registered" if first else "updated",
-                "node_api_port": call.body["node_api_port"],
-                "node_token": f"token-{self.tokens}",
-                "heartbeat_interval_s": self.interval_s,
-            }
-        if call.method == "POST" and call.path == "/v0/health":
-            if self.forget_next_heartbeat:
-                self.forget_next_heartbeat = False
-                return 404, {"error": {"message": "unknown node", "code": "node_not_found"}}
-            if call.headers.get("x-node-token") != f"token-{self.tokens}":
-                return 401, {"error": {"message": "bad token"}}
-            return 200, {"status": "ok"}
-        if call.method == "DELETE" and call.path.startswith("/v0/nodes/"):
-            return 200, {"status": "deleted"}
-        return 404, {"error": {"message": "no route"}}
 
 
 @dataclass
@@ -241,7 +182,8 @@ async def test_sigterm_deregisters_then_drains_then_exits_0(router: Running) -> 
         lines: list[str] = []
         async with httpx.AsyncClient(timeout=30) as client:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            async with client.stream("POST", url, json=body) as response:
+            auth = {"authorization": "Bearer secret-1"}
+            async with client.stream("POST", url, json=body, headers=auth) as response:
                 stream = response.aiter_lines()
                 lines.append(await anext(stream))
                 proc.send_signal(signal.SIGTERM)
@@ -260,3 +202,30 @@ async def test_sigterm_deregisters_then_drains_then_exits_0(router: Running) -> 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_registers_over_https_with_the_router_ca_file(tmp_path: Path, trusted: bool) -> None:
+    ca = CertAuthority.create(tmp_path, "router-ca")
+    leaf = ca.issue(tmp_path, "router")
+    fake = FakeRouter()
+    port = free_port()
+    server = make_server(fake, "127.0.0.1", port, tls=ServerTLS(leaf.cert, leaf.key))
+    task = await start_server(server)
+    settings = sim_settings(
+        f"https://127.0.0.1:{port}", router_ca_file=ca.cert if trusted else None
+    )
+    stop = asyncio.Event()
+    agent = asyncio.create_task(run_sim_node(settings, stop=stop))
+    try:
+        if trusted:
+            await fake.wait_for(lambda: len(fake.of("POST", "/v0/health")) >= 1)
+            assert fake.of("POST", "/v0/nodes")[0].body["scheme"] == "http"
+        else:
+            # The system store does not know this CA: not one request gets through.
+            await asyncio.sleep(1.5)
+            assert fake.calls == []
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(agent, 15) == 0
+        await stop_server(server, task)

@@ -60,6 +60,7 @@ def _assert_openai_error(body: dict[str, Any], param: str | None = None) -> None
         ({**GOOD, "max_concurrency": 0}, "max_concurrency"),
         ({k: v for k, v in GOOD.items() if k != "machine_name"}, "machine_name"),
         ({**GOOD, "executable_models": "m-gguf"}, "executable_models"),
+        ({**GOOD, "scheme": "ftp"}, "scheme"),
     ],
 )
 async def test_register_rejects_bad_fields_naming_them(
@@ -143,6 +144,9 @@ async def test_registration_then_reregistration(client: AsyncTestClient[Any]) ->
     assert again.json()["status"] == "updated"
     assert again.json()["node_id"] == first.json()["node_id"]
     assert again.json()["node_token"] != first.json()["node_token"]
+    # The secret the router presents to the node rotates with every registration too.
+    assert first.json()["node_secret"].startswith("ns_")
+    assert again.json()["node_secret"] != first.json()["node_secret"]
     old = await client.post(
         "/v0/health",
         json={"node_id": first.json()["node_id"]},

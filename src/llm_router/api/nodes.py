@@ -32,7 +32,7 @@ async def _fetch_node_models(fleet: Fleet, req: RegisterRequest) -> tuple[list[s
     """Ask the node which models it serves (for agents that do not say at registration)."""
     host = str(req.ip_address)
     host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{req.api_port}/v1/models"
+    url = f"{req.scheme}://{host}:{req.api_port}/v1/models"
     settings = fleet.settings
     try:
         payload = await get_json(
@@ -95,6 +95,7 @@ async def register_node(request: Request[Any, Any, Any]) -> Response[dict[str, A
             "status": "registered" if registration.created else "updated",
             "node_api_port": req.api_port,
             "node_token": registration.token,
+            "node_secret": registration.secret,
             "heartbeat_interval_s": fleet.settings.heartbeat_interval_s,
         },
         status_code=201 if registration.created else 200,

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Iterator, Sequence
 
 import httpx
@@ -20,7 +21,7 @@ from llm_router.node.detect import read_gpu_metrics as probe_gpu_metrics
 from llm_router.node.heartbeat import Heartbeat, RouterClient
 from llm_router.node.monitor import RuntimeMonitor
 from llm_router.node.runtimes import RuntimeHttp, RuntimeKind, make_adapter
-from llm_router.node.server import make_server, start_server, stop_server
+from llm_router.node.server import ServerTLS, make_server, start_server, stop_server
 from llm_router.node.settings import AgentSettings, NodeSettings
 from llm_router.node.state import Inventory, NodeState
 
@@ -53,6 +54,20 @@ def _quiet_http_client_logs() -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
 
+def _server_tls(settings: AgentSettings) -> ServerTLS | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
+def _router_verify(settings: AgentSettings) -> ssl.SSLContext | bool:
+    # The same client talks to the runtime (usually plain http on loopback): a private CA
+    # for the router replaces the system store for https peers, nothing else changes.
+    if settings.router_ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(settings.router_ca_file))
+
+
 async def run_agent(
     settings: AgentSettings,
     runtime_url: str,
@@ -75,11 +90,16 @@ async def run_agent(
         runtime_url, state, timeout_s=settings.runtime_timeout_s, api_key=runtime_api_key
     )
     server = make_server(
-        create_node_app(state, proxy), settings.host, settings.port, settings.log_level
+        create_node_app(state, proxy),
+        settings.host,
+        settings.port,
+        settings.log_level,
+        tls=_server_tls(settings),
     )
     server_task = await start_server(server)
     log.info(
-        "node API on http://%s:%s (backend %s, runtime %s)",
+        "node API on %s://%s:%s (backend %s, runtime %s)",
+        settings.scheme,
         settings.host,
         settings.port,
         gpu.backend,
@@ -90,7 +110,9 @@ async def run_agent(
         return await asyncio.to_thread(probe_gpu_metrics, gpu.backend)
 
     with _stop_on_signals(stop):
-        async with httpx.AsyncClient(timeout=CONTROL_TIMEOUT_S) as http:
+        async with httpx.AsyncClient(
+            timeout=CONTROL_TIMEOUT_S, verify=_router_verify(settings)
+        ) as http:
             monitor = RuntimeMonitor(
                 state,
                 make_adapter(runtime_kind),

@@ -37,6 +37,7 @@ from llm_router.node.asgi import (
     send_error,
     send_json,
 )
+from llm_router.node.node_auth import needs_secret, refuse
 from llm_router.node.state import NodeState
 from llm_router.observability import tracing
 from llm_router.routing.endpoints import Endpoint, ModelFrom, match, routes, serves
@@ -350,6 +351,9 @@ class NodeAPI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
+            if needs_secret(path) and not self.state.credential.admits(scope):
+                await refuse(send)
+                return
             if serves(path):
                 await self.proxy(scope, receive, send)
                 return

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -33,6 +33,8 @@ class Registration:
     token: str
     heartbeat_interval_s: float
     created: bool
+    #: What the router presents on proxied requests; never logged.
+    secret: str = field(default="", repr=False)
 
 
 class RegistrationRejected(Exception):
@@ -85,6 +87,7 @@ def register_body(settings: AgentSettings, state: NodeState) -> dict[str, Any]:
         "gpu_backend": str(gpu.backend),
         "models": inventory.installed,
         **runtime_fields(state),
+        "scheme": settings.scheme,
     }
     if gpu.gpu_model:
         body["gpu_model"] = gpu.gpu_model
@@ -146,9 +149,15 @@ class RouterClient:
                 token=str(data["node_token"]),
                 heartbeat_interval_s=float(data.get("heartbeat_interval_s") or 0) or 5.0,
                 created=response.status_code == 201,
+                secret=str(data["node_secret"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise RegistrationRejected(f"unexpected registration reply: {data!r}") from exc
+            # Named, not shown: the reply holds this node's credentials.
+            raise RegistrationRejected(
+                f"unexpected registration reply (fields {sorted(data)!r})"
+                if isinstance(data, dict)
+                else "unexpected registration reply"
+            ) from exc
 
     async def heartbeat(self, registration: Registration, body: dict[str, Any]) -> int:
         response = await self.http.post(
@@ -202,9 +211,7 @@ class Heartbeat:
         last_problem = ""
         while not stop.is_set():
             try:
-                registration = await self.client.register(
-                    register_body(self.settings, self.state)
-                )
+                registration = await self.client.register(register_body(self.settings, self.state))
             except (httpx.HTTPError, RegistrationRejected, ValueError) as exc:
                 problem = str(exc) or type(exc).__name__
                 if problem != last_problem:
@@ -216,6 +223,8 @@ class Heartbeat:
                     last_problem = problem
             else:
                 self.registration = registration
+                # From now on only the secret of this registration opens the node API.
+                self.state.credential.set(registration.secret)
                 self.registrations += 1
                 log.info(
                     "%s with %s as node %s (heartbeat every %.1fs)",

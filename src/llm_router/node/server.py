@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -24,7 +27,24 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def make_server(app: Any, host: str, port: int, log_level: str = "warning") -> EmbeddedServer:
+@dataclass(frozen=True)
+class ServerTLS:
+    """Serve https with this certificate; with ``client_ca``, require a client certificate."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"ssl_certfile": str(self.cert), "ssl_keyfile": str(self.key)}
+        if self.client_ca is not None:
+            options.update(ssl_ca_certs=str(self.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        return options
+
+
+def make_server(
+    app: Any, host: str, port: int, log_level: str = "warning", tls: ServerTLS | None = None
+) -> EmbeddedServer:
     """``log_level`` is the agent's; uvicorn's own chatter only shows at debug."""
     config = uvicorn.Config(
         app,
@@ -39,6 +59,7 @@ def make_server(app: Any, host: str, port: int, log_level: str = "warning") -> E
         # Routers keep pooled connections; closing them early causes needless reconnects.
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
     return EmbeddedServer(config)
 

@@ -82,8 +82,36 @@ class AgentSettings(BaseSettings):
     )
     log_level: LogLevel = Field(default="info", description="critical, error, warning, info, debug")
     log_format: LogFormat = Field(default="text", description="text, or json (one object a line)")
+    tls_cert: Path | None = Field(
+        default=None, description="certificate (PEM) of the node API: serve https (with --tls-key)"
+    )
+    tls_key: Path | None = Field(default=None, description="private key (PEM) of --tls-cert")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="CA (PEM) the router's client certificate must chain to (mTLS; needs TLS)",
+    )
+    router_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) to verify an https --router-url (default: system store)",
+    )
 
     _url = field_validator("router_url", mode="after")(_strip_url)
+
+    @model_validator(mode="after")
+    def _tls_is_coherent(self) -> AgentSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mTLS runs over TLS)")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "router_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def runtime_port(self) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from llm_router.gpu import GpuBackend, ModelSpec, list_executable_models
 from llm_router.node.detect import GpuInfo
+from llm_router.node.node_auth import NodeCredential
 from llm_router.node.runtimes.base import RuntimeReport, RuntimeStatus
 
 DEFAULT_MAX_CONCURRENCY = 4
@@ -54,6 +55,8 @@ class NodeState:
         # "flag" (--max-concurrency), "runtime" (what it reported) or "default".
         self.max_concurrency_source = "default"
         self.active_requests = 0
+        #: The router's secret for this node, set by each registration.
+        self.credential = NodeCredential()
         self._idle = asyncio.Event()
         self._idle.set()
         # Exponentially weighted so the router sees recent latency, not the lifetime mean.

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import os
 
 import aiohttp
 
 from llm_router.errors import GatewayTimeout, RouterError, UpstreamError
+from llm_router.routing.node_hop import tls_failure_reason
+
+log = logging.getLogger("llm_router.routing.proxy")
 
 
 class Verdict(enum.Enum):
     UNREACHABLE = "unreachable"  # exclude at once
     BUSY = "busy"  # the node said 429: skip it briefly
     ANSWER = "answer"  # the request got a bad answer: evidence, not proof
+    # The node refused the router's node secret (a lease read just before the node
+    # re-registered): nothing against the node; the next lease carries the new secret.
+    STALE_SECRET = "stale_secret"
 
 
 class AttemptFailed(Exception):
@@ -44,8 +51,11 @@ class AttemptFailed(Exception):
 def connection_failure(node_id: str, exc: aiohttp.ClientError) -> AttemptFailed:
     """Translate an error raised while sending the request and waiting for the headers."""
     if isinstance(exc, aiohttp.ClientSSLError):
+        reason = tls_failure_reason(exc)
+        # A certificate problem is the operator's to fix: said once per exclusion, loudly.
+        log.warning("TLS to node %s failed: %s (%s)", node_id, reason, exc)
         return AttemptFailed(
-            UpstreamError(f"node {node_id} failed TLS verification"), Verdict.UNREACHABLE, str(exc)
+            UpstreamError(f"node {node_id} failed TLS ({reason})"), Verdict.UNREACHABLE, str(exc)
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         errno = exc.os_error.errno

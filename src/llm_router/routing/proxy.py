@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -106,6 +107,8 @@ class ProxyConfig:
     max_response_bytes: int = 64 * 1024 * 1024
     exclusion_failures: int = 3
     exclusion_window_ms: int = 30_000
+    #: For https nodes: the CA store to verify them and the client certificate, if any.
+    node_ssl: ssl.SSLContext | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,12 @@ class Proxy:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            keepalive_timeout=30,
+            enable_cleanup_closed=True,
+            ssl=self._config.node_ssl or True,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
@@ -259,6 +267,9 @@ class Proxy:
     ) -> bool:
         """Release a failed attempt's lease with what the failure says about its node."""
         config = self._config
+        if failed.verdict is Verdict.STALE_SECRET:
+            await self._dispatcher.release(lease)
+            return False
         if failed.declined:
             await self._dispatcher.release(
                 lease,
@@ -319,7 +330,11 @@ class Proxy:
         try:
             async with asyncio.timeout(self._config.first_byte_timeout_s):
                 upstream = await self._session.request(
-                    method, url, data=call.body or None, headers=headers, allow_redirects=False
+                    method,
+                    url,
+                    data=call.body or None,
+                    headers={**headers, **lease.node_headers},
+                    allow_redirects=False,
                 )
         except TimeoutError as exc:
             raise AttemptFailed(
@@ -339,6 +354,13 @@ class Proxy:
             raise AttemptFailed(
                 _NodeAnswer((status, content, response_headers), "every capable node is busy"),
                 Verdict.BUSY,
+            )
+        if status == 401:
+            # The client's credential never reaches a node, so a node's 401 is about ours.
+            upstream.release()
+            raise AttemptFailed(
+                UpstreamError(f"node {node} refused the router's node secret"),
+                Verdict.STALE_SECRET,
             )
         if status in _DECLINED:
             content = await self._read_whole(upstream, node)

@@ -14,8 +14,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 from llm_router.errors import (
     ClientClosedRequest,
@@ -28,6 +28,7 @@ from llm_router.errors import (
     RouterError,
     ShuttingDown,
 )
+from llm_router.routing.node_hop import node_credential
 from llm_router.routing.queue import CapacityEvents, Waiter
 from llm_router.state.scripts import (
     NO_AFFINITY,
@@ -77,6 +78,8 @@ class Lease:
     queued_ms: float | None
     #: What affinity did (see ``Granted.affinity``); "" when the request had no keys.
     affinity: str = ""
+    #: Sent to the node with the request: its credential (BRIEF §11). Never logged.
+    node_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 class Dispatcher:
@@ -139,9 +142,10 @@ class Dispatcher:
         lease = Lease(
             lease_id=granted.lease_id,
             node_id=granted.node_id,
-            url=f"http://{_host(granted.ip_address)}:{granted.port}",
+            url=f"{granted.scheme}://{_host(granted.ip_address)}:{granted.port}",
             queued_ms=queued_ms,
             affinity=granted.affinity,
+            node_headers=node_credential(granted.secret),
         )
         self._leases[lease.lease_id] = lease.node_id
         return lease

@@ -12,7 +12,7 @@ import json
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llm_router.errors import Forbidden, StateStoreUnavailable
@@ -44,9 +44,10 @@ _FLOAT_FIELDS = frozenset(
 )
 _BOOL_FIELDS = frozenset({"gpu_available", "initializing", "draining"})
 _TIME_FIELDS = frozenset({"registered_at", "last_seen"})
-# Kept on the node hash for the scripts, never shown: the token's digest, and the backend
-# /v1/models last listed for the node (a change moves models:version).
-_HIDDEN_FIELDS = frozenset({"token_hash", "listed_backend", "listed_serving"})
+# Kept on the node hash for the scripts, never shown: the token's digest, the backend
+# /v1/models last listed for the node (a change moves models:version), and the secret the
+# router presents to the node (stored as is: every replica must be able to send it).
+_HIDDEN_FIELDS = frozenset({"token_hash", "listed_backend", "listed_serving", "node_secret"})
 
 
 _TOKEN_BYTES = 32
@@ -74,6 +75,11 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     return "nt_" + secrets.token_urlsafe(_TOKEN_BYTES)
+
+
+def new_node_secret() -> str:
+    """What the router presents to a node (BRIEF §11); a new one at every registration."""
+    return "ns_" + secrets.token_urlsafe(_TOKEN_BYTES)
 
 
 def _encode(value: Any) -> str:
@@ -112,6 +118,7 @@ class Registration:
     node_id: str
     created: bool
     token: str
+    secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,7 @@ class NodeRegistry:
             "models": installed,
             "max_concurrency": request.max_concurrency or self._timing.default_max_concurrency,
             "initializing": False,
+            "scheme": request.scheme,
         }
         if request.gpu_capability_score is not None:
             fields["gpu_capability_score"] = request.gpu_capability_score
@@ -176,6 +184,8 @@ class NodeRegistry:
             fields["loaded_models"] = list(dict.fromkeys(request.loaded_models))
         fields.update(request.runtime_record())
         token = new_token()
+        secret = new_node_secret()
+        fields["node_secret"] = secret
         status, node_id = await self._scripts.register(
             candidate_id=new_node_id(),
             identity=f"{request.machine_name}:{request.runtime_port}",
@@ -192,7 +202,9 @@ class NodeRegistry:
                 f"This node key already holds {node_id} node identities (the most it may); "
                 "remove one, or register with another key"
             )
-        return Registration(node_id=node_id, created=status == "registered", token=token)
+        return Registration(
+            node_id=node_id, created=status == "registered", token=token, secret=secret
+        )
 
     async def heartbeat(
         self, beat: HeartbeatRequest, token: str

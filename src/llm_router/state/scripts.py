@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -92,6 +92,9 @@ class Granted:
     max_concurrency: int
     #: "" (no affinity keys), "new", "hit" or "moved:<why>" (unavailable, full, loaded).
     affinity: str = ""
+    scheme: str = "http"
+    #: The node's current secret (BRIEF §11), presented on the proxied request.
+    secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,8 @@ class FleetScripts:
                 in_flight=int(result[4]),
                 max_concurrency=int(result[5]),
                 affinity=_text(result[6]),
+                scheme=_text(result[7]) or "http",
+                secret=_text(result[8]),
             )
         if kind == "queued":
             return Queued(position=int(result[1]), arrival_us=int(_text(result[2])))

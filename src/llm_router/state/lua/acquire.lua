@@ -18,8 +18,10 @@
 -- ARGV[12] affinity margin, in utilisation units (1e6 = a whole node)
 -- ARGV[13..] affinity keys, most specific first (none: no affinity)
 -- Returns
---   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity}
+--   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity, scheme,
+--    secret}
 --       affinity: "" (no keys), "new" (no pin), "hit", or "moved:unavailable|full|loaded"
+--       scheme and secret: "" for a record without them
 --   {"queued", position, arrival_us}   ticket ARGV[4] is (now) in the queue
 --   {"queue_full", length}
 --   {"no_capable"}                     known model, no node that could take it at all
@@ -169,7 +171,8 @@ local function grant(c, affinity)
   local inflight = c.inflight + 1
   update_scores_for(decode_list(c.f[6]), c.id, (score_of(c.f, inflight)), c.warm)
   leave_queue(queued)
-  return {'ok', c.id, c.f[7], c.f[8], inflight, c.maxc, affinity}
+  return {'ok', c.id, c.f[7], c.f[8], inflight, c.maxc, affinity,
+    c.f[11] or '', c.f[12] or ''}
 end
 
 -- A stored response lives on one node: that node or nothing (its liveness was checked

@@ -88,11 +88,13 @@ end
 
 -- The fields routing needs, read with one HMGET: draining, initializing, max_concurrency,
 -- gpu_capability_score, average_response_time_ms, executable_models, ip_address,
--- node_api_port, loaded_models, runtime_load.
+-- node_api_port, loaded_models, runtime_load, scheme, node_secret. The last two ride
+-- along so that the replica can reach the node (https or not) and present its secret
+-- without a second read.
 local function routing_fields(id)
   return redis.call('HMGET', k_node(id), 'draining', 'initializing', 'max_concurrency',
     'gpu_capability_score', 'average_response_time_ms', 'executable_models', 'ip_address',
-    'node_api_port', 'loaded_models', 'runtime_load')
+    'node_api_port', 'loaded_models', 'runtime_load', 'scheme', 'node_secret')
 end
 
 -- What the runtime says about its own queue and memory, folded into 0..9: requests waiting
