@@ -157,6 +157,17 @@ def _print_examples(client: httpx.Client, names: dict[str, str]) -> None:
         print(f"  {kind:<10} {model:<46} -> {resp.status_code} {node:<13} {detail}")
 
 
+def _print_node_lock(node: dict[str, object]) -> None:
+    """Show that a node serves its router only: a direct request has no node secret."""
+    url = f"http://{node['ip_address']}:{node['node_api_port']}/v1/chat/completions"
+    body = {"model": SHARED[0], "messages": [{"role": "user", "content": "Hello!"}]}
+    resp = httpx.post(url, json=body, timeout=10)
+    print(
+        f"\nStraight to node {node['machine_name']}, without the router -> {resp.status_code} "
+        "(a node serves its router only)"
+    )
+
+
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -212,6 +223,7 @@ def run_demo(*, port: int = 8080, host: str = "127.0.0.1") -> int:
         )
         _print_fleet(client)
         _print_examples(client, names)
+        _print_node_lock(nodes[0])
         example = json.dumps({"model": SHARED[0], "messages": [{"role": "user", "content": "Hi"}]})
         print(
             f"""
