@@ -267,3 +267,31 @@ def test_haproxy_accepts_its_configuration() -> None:
         [haproxy, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+TLS_OVERRIDE = COMPOSE_DIR / "docker-compose.tls.yml"
+
+
+def test_tls_override_secures_every_node_hop_with_settings_of_each_command() -> None:
+    base = _app_services()
+    override = yaml.safe_load(TLS_OVERRIDE.read_text())["services"]
+    nodes = {name for name, svc in base.items() if svc["command"][0] != "serve"}
+    assert set(override) == {"router", *nodes}
+    for name, svc in override.items():
+        cls = SETTINGS_BY_COMMAND[base[name]["command"][0]]
+        env = _env_of(svc)
+        assert set(env) <= _settings_env_names(cls), name
+        assert svc["volumes"] == ["./certs:/certs:ro"], name
+        assert all(v.startswith("/certs/") for v in env.values()), name
+    router = _env_of(override["router"])
+    assert {"LLM_ROUTER_NODE_CA_FILE", "LLM_ROUTER_NODE_CLIENT_CERT"} <= set(router)
+    for name in nodes:
+        assert "LLM_ROUTER_TLS_CLIENT_CA" in _env_of(override[name]), name
+
+
+def test_no_key_or_certificate_is_committed_under_deploy() -> None:
+    for path in (ROOT / "deploy").rglob("*"):
+        if path.is_file() and path.suffix in {".pem", ".key", ".crt", ".p12"}:
+            raise AssertionError(f"{path} must not be committed")
+        if path.is_file() and path.suffix in {".yml", ".yaml", ".cfg", ".example"}:
+            assert "PRIVATE KEY-----" not in path.read_text(), path
