@@ -6,6 +6,7 @@ Certificates are made at test time with openssl: one CA the router trusts, one i
 from __future__ import annotations
 
 import ssl
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import httpx
 import pytest
 
 from integration.certs import CertAuthority, Leaf
-from integration.probes import chat_body
 from integration.procs import Cluster, SimNode, wait_until
 
 MODEL = "tls-model"
@@ -45,7 +45,9 @@ def tls_node(cluster: Cluster, leaf: Leaf, **options: object) -> SimNode:
 
 
 def chat(url: str) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json=chat_body(MODEL), timeout=15)
+    # A new conversation each time: no affinity keeps it on the node of the last one.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=15)
 
 
 def test_an_untrusted_node_certificate_is_failed_over_with_its_reason(
