@@ -90,7 +90,8 @@ def _settings_env_names(cls: type[BaseSettings]) -> set[str]:
     return {f"{prefix}{name}".upper() for name in cls.model_fields}
 
 
-def test_compose_file_matches_the_compose_spec() -> None:
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.tls.yml"])
+def test_compose_file_matches_the_compose_spec(name: str) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -98,7 +99,7 @@ def test_compose_file_matches_the_compose_spec() -> None:
             "check_jsonschema",
             "--builtin-schema",
             "vendor.compose-spec",
-            str(COMPOSE_FILE),
+            str(COMPOSE_DIR / name),
         ],
         capture_output=True,
         text=True,
