@@ -104,3 +104,25 @@ def test_mutual_tls(cluster: Cluster, pki: Pki) -> None:
     # Under TLS 1.3 the node's refusal comes after the handshake: to the replica it is
     # a node that hung up before answering.
     assert f"node {node_id} closed the connection" in refused.json()["error"]["message"]
+
+
+def test_registration_reads_an_https_nodes_models_over_verified_tls(
+    cluster: Cluster, pki: Pki
+) -> None:
+    (router,) = cluster.up(1, node_ca_file=pki.ca.cert)
+    node = tls_node(cluster, pki.node)
+    cluster.wait_online(node)
+    # A registration without executable_models: the router asks the node API itself.
+    body = {
+        "machine_name": "listed-over-tls",
+        "ip_address": "127.0.0.1",
+        "runtime_port": 9,
+        "node_api_port": node.port,
+        "gpu_backend": "cpu",
+    }
+    listed = httpx.post(f"{router.url}/v0/nodes", json={**body, "scheme": "https"}, timeout=10)
+    assert listed.status_code == 201, listed.text
+    record = httpx.get(f"{router.url}/v0/nodes/{listed.json()['node_id']}", timeout=5).json()
+    assert record["executable_models"] == [MODEL] and record["scheme"] == "https"
+    plain = httpx.post(f"{router.url}/v0/nodes", json={**body, "machine_name": "plain"}, timeout=10)
+    assert plain.status_code == 502, plain.text
