@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,8 @@ def test_router_client_certificate_needs_its_key() -> None:
 
 
 def test_serve_refuses_an_unusable_node_ca_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert serve(RouterSettings(node_ca_file=str(tmp_path / "missing.pem"))) == 2
-    assert "node_ca_file" in capsys.readouterr().err
+    with caplog.at_level(logging.ERROR):
+        assert serve(RouterSettings(node_ca_file=str(tmp_path / "missing.pem"))) == 2
+    assert "refusing to start: node_ca_file" in caplog.text
