@@ -66,6 +66,7 @@ def main() -> int:
                 "http": _fleet(plain_cluster, "http", {}, {}),
                 "https": _fleet(
                     tls_cluster,
+                    "https",
                     {"node_ca_file": ca.cert},
                     {"tls_cert": leaf.cert, "tls_key": leaf.key},
                 ),
