@@ -129,7 +129,9 @@ async def test_the_runtime_never_receives_the_secret(
     task = await start_server(server)
     try:
         (router,) = cluster.up(1)
-        node = cluster.start_agent(f"http://127.0.0.1:{port}", machine_name="recorded")
+        node = cluster.start_agent(
+            f"http://127.0.0.1:{port}", machine_name="recorded", runtime_api_key="rk-runtime"
+        )
         node_id = await asyncio.to_thread(cluster.wait_online, node)
         secret = cluster.node_secret(node_id)
         assert secret
@@ -141,4 +143,6 @@ async def test_the_runtime_never_receives_the_secret(
         await stop_server(server, task)
     chats = [h for h in runtime.seen if "content-type" in h]
     assert chats, runtime.seen
+    # The agent swaps the router's secret for the runtime's own key.
+    assert [h.get("authorization") for h in chats] == ["Bearer rk-runtime"] * len(chats)
     assert secret not in json.dumps(runtime.seen)
