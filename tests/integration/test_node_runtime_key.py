@@ -45,6 +45,7 @@ async def _through_agent(api_key: str | None) -> tuple[RecordingRuntime, Any]:
     state = NodeState(
         GpuInfo(GpuBackend.CPU), Inventory.build(GpuBackend.CPU, [ModelSpec("m")]), "x"
     )
+    state.credential.set("router-node-secret")  # as the agent's registration would
     proxy = RuntimeProxy(f"http://127.0.0.1:{port}", state, api_key=api_key)
     api = create_node_app(state, proxy)
     try:
