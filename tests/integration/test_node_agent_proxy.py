@@ -120,7 +120,7 @@ async def test_non_executable_model_is_404_at_the_node(start_sim: Start) -> None
 async def test_a_deeply_nested_body_is_400_at_the_node(start_sim: Start, depth: int) -> None:
     url = await start_sim()
     deep = '{"model": "llama-gguf", "x": ' + "[" * depth + "]" * depth + "}"
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=AUTH) as client:
         r = await client.post(f"{url}/v1/chat/completions", content=deep)
         assert r.status_code == 400, r.text
         assert f"nested deeper than {MAX_JSON_DEPTH}" in r.json()["error"]["message"]
