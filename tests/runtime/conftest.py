@@ -8,6 +8,8 @@
 - ``llama_server``: ``llama_server(model, *args, api_key=None)`` starts a real server and
   waits until it is healthy; every server started is killed at the end of the test.
 - ``runtime_fleet``: routers on the session's redis-server plus agents in front of servers.
+- ``open_llama_servers``, ``open_runtime_fleet``: the same as context managers, for a fleet
+  a whole module shares.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,8 +52,8 @@ def tiny_model(llama_server_binary: Path) -> Iterator[TinyModel]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def llama_server(llama_server_binary: Path) -> Iterator[StartLlama]:
+@contextmanager
+def open_llama_servers(binary: Path) -> Iterator[StartLlama]:
     workdir = Path(tempfile.mkdtemp(prefix="llmr-llama-"))
     started: list[LlamaServer] = []
 
@@ -58,9 +61,7 @@ def llama_server(llama_server_binary: Path) -> Iterator[StartLlama]:
         # The alias is the model id the server lists (else it lists the file's full path).
         argv = ["-m", str(model), "--alias", model.stem, *args] if model else list(args)
         # Small contexts and one thread: several servers share 2 cores with the fleet.
-        server = LlamaServer(
-            llama_server_binary, [*argv, "-c", "512", "-t", "1"], workdir, api_key=api_key
-        )
+        server = LlamaServer(binary, [*argv, "-c", "512", "-t", "1"], workdir, api_key=api_key)
         started.append(server)
         return server.start().wait_healthy()
 
@@ -73,11 +74,23 @@ def llama_server(llama_server_binary: Path) -> Iterator[StartLlama]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.fixture
-def runtime_fleet(redis_url: str) -> Iterator[RuntimeFleet]:
+@contextmanager
+def open_runtime_fleet(redis_url: str) -> Iterator[RuntimeFleet]:
     fleet = RuntimeFleet(redis_url)
     try:
         yield fleet
     finally:
         print(fleet.logs())
         fleet.close()
+
+
+@pytest.fixture
+def llama_server(llama_server_binary: Path) -> Iterator[StartLlama]:
+    with open_llama_servers(llama_server_binary) as start:
+        yield start
+
+
+@pytest.fixture
+def runtime_fleet(redis_url: str) -> Iterator[RuntimeFleet]:
+    with open_runtime_fleet(redis_url) as fleet:
+        yield fleet
