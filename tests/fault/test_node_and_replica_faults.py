@@ -76,6 +76,10 @@ async def test_a_node_killed_mid_stream_ends_the_stream_with_an_error_event(
     assert lease_members(redis_client, fleet.key_prefix) == 0
 
 
+def conversation(opening: str) -> dict[str, Any]:
+    return {**body(), "messages": [{"role": "user", "content": opening}]}
+
+
 def test_a_node_that_never_answers_times_out_and_the_request_fails_over(
     fleet: Cluster,
 ) -> None:
@@ -88,11 +92,13 @@ def test_a_node_that_never_answers_times_out_and_the_request_fails_over(
         hole.register(router.url, [MODEL], gpu_capability_score=10000)
         hole.keep_alive(router.url, 0.4, gpu_capability_score=10000)
         # A hang may be the request's doing (a long generation): it takes different
-        # requests hanging to exclude the node. Each fails over after the timeout.
+        # requests hanging to exclude the node. Each fails over after the timeout. Each is a
+        # conversation of its own, or affinity would send the next turns straight to the
+        # node that answered the first.
         for i in range(3):
             started = time.monotonic()
             response = httpx.post(
-                f"{router.url}/v1/chat/completions", json={**body(), "user": f"q{i}"}, timeout=30
+                f"{router.url}/v1/chat/completions", json=conversation(f"q{i}"), timeout=30
             )
             elapsed = time.monotonic() - started
             assert response.status_code == 200, response.text
@@ -100,7 +106,9 @@ def test_a_node_that_never_answers_times_out_and_the_request_fails_over(
             assert 1.0 <= elapsed < 5.0, elapsed
         # Now the hanging node is excluded for the cool-down: the next request does not wait.
         started = time.monotonic()
-        again = httpx.post(f"{router.url}/v1/chat/completions", json=body(), timeout=30)
+        again = httpx.post(
+            f"{router.url}/v1/chat/completions", json=conversation("again"), timeout=30
+        )
         assert again.status_code == 200
         assert again.headers["x-llm-router-node"] == healthy_id
         assert time.monotonic() - started < 1.0

@@ -1,6 +1,6 @@
 """With ``--log-format json`` (``LLM_ROUTER_LOG_FORMAT=json``) every line a router or node
 agent process writes is one JSON object: our loggers, uvicorn's start-up and shutdown
-lines, httpx's, the access log, warnings."""
+lines, the access log, warnings."""
 
 from __future__ import annotations
 
@@ -55,7 +55,10 @@ def test_every_line_is_json(cluster: Cluster) -> None:
 
     agent = _records(node.proc)
     agent_loggers = {r.get("logger") for r in agent}
-    assert {"llm_router.node", "httpx"} <= agent_loggers, agent_loggers
+    assert "llm_router.node" in agent_loggers, agent_loggers
+    # Heartbeats and runtime readings are DEBUG matters: at INFO the HTTP client's own line
+    # per call stays out of the agent's log.
+    assert "httpx" not in agent_loggers, agent_loggers
 
 
 def test_text_is_still_the_default(cluster: Cluster) -> None:
