@@ -56,12 +56,16 @@ class Turn:
     cached_tokens: int
     ttft_s: float
     affinity: str
+    #: When the client sent the request and read its last byte (perf_counter seconds).
+    span: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
 class ModeResult:
     mode: str
     turns: list[Turn] = field(default_factory=list)
+    #: The routers' llm_router_affinity_total by "outcome:cause", summed over replicas.
+    causes: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         later = [t for t in self.turns if t.turn > 1]
@@ -76,8 +80,48 @@ class ModeResult:
             "ttft_p50_ms": statistics.median(ttfts) if ttfts else float("nan"),
             "ttft_p90_ms": percentile(ttfts, 90),
             "requests_per_node": sorted(spread.values(), reverse=True),
+            "peak_per_node": peak_per_node(self.turns),
             "affinity": dict(Counter(t.affinity for t in self.turns if t.affinity)),
+            "affinity_causes": self.causes,
         }
+
+
+def peak_per_node(turns: list[Turn]) -> list[int]:
+    """Most requests at once on each node, as the client saw them (sent to last byte).
+
+    The client's span of a request contains the node's, so this bounds the node's own peak
+    from above: a figure at or under the node's slots proves it never ran over capacity.
+    """
+    peaks = []
+    for node in {t.node for t in turns}:
+        edges = sorted(
+            (at, step)
+            for t in turns
+            if t.node == node
+            for at, step in ((t.span[0], 1), (t.span[1], -1))
+        )
+        level = peak = 0
+        for _, step in edges:
+            level += step
+            peak = max(peak, level)
+        peaks.append(peak)
+    return sorted(peaks, reverse=True)
+
+
+def affinity_causes(routers: list[str]) -> dict[str, float]:
+    """Each router's affinity counter by outcome and cause (why pins moved), summed."""
+    totals: Counter[str] = Counter()
+    for router in routers:
+        for line in httpx.get(f"{router}/metrics", timeout=10).text.splitlines():
+            if not line.startswith("llm_router_affinity_total{"):
+                continue
+            labels, _, value = line.rpartition(" ")
+            pairs = dict(
+                part.split("=", 1) for part in labels[labels.index("{") + 1 : -1].split(",")
+            )
+            outcome, cause = (pairs.get(k, "").strip('"') for k in ("outcome", "cause"))
+            totals[f"{outcome}:{cause}"] += float(value)
+    return {k: v for k, v in sorted(totals.items()) if v}
 
 
 def user_text(mode: str, conversation: int, turn: int, words: int) -> str:
@@ -99,9 +143,9 @@ async def one_turn(
     url: str,
     body: dict[str, Any],
     headers: dict[str, str],
-) -> tuple[str, dict[str, Any], float, str, str]:
+) -> tuple[str, dict[str, Any], float, str, str, tuple[float, float]]:
     """Stream one chat turn: (reply text, last payload with usage, TTFT s, serving node,
-    affinity outcome)."""
+    affinity outcome, span)."""
     started = time.perf_counter()
     ttft: float | None = None
     text: list[str] = []
@@ -124,9 +168,10 @@ async def one_turn(
                     text.append(piece)
             if payload.get("usage") or payload.get("timings"):
                 last = payload
+    ended = time.perf_counter()
     if ttft is None:
-        ttft = time.perf_counter() - started
-    return "".join(text), last, ttft, node, affinity
+        ttft = ended - started
+    return "".join(text), last, ttft, node, affinity, (started, ended)
 
 
 async def conversation(
@@ -155,10 +200,10 @@ async def conversation(
             url, node = f"{nodes[c % len(nodes)]}/v1/chat/completions", f"node{c % len(nodes)}"
         else:
             url, node = f"{routers[t % len(routers)]}/v1/chat/completions", ""
-        reply, last, ttft, served, affinity = await one_turn(http, url, body, {})
+        reply, last, ttft, served, affinity, span = await one_turn(http, url, body, {})
         usage = last.get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or (last.get("timings") or {}).get("prompt_n") or 0)
-        turns.append(Turn(c, t, served or node, prompt, cached_of(last), ttft, affinity))
+        turns.append(Turn(c, t, served or node, prompt, cached_of(last), ttft, affinity, span))
         messages.append({"role": "assistant", "content": reply})
     return turns
 
@@ -167,7 +212,10 @@ async def run_mode(
     mode: str, args: argparse.Namespace, routers: list[str], nodes: list[str]
 ) -> ModeResult:
     result = ModeResult(mode)
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as http:
+    # No keep-alive: llama-server closes an idle connection after a few seconds, and a turn
+    # that reuses one it is closing fails with "server disconnected" (a race, not a result).
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
         per_conversation = await asyncio.gather(
             *(conversation(http, mode, c, args, routers, nodes) for c in range(args.conversations))
         )
@@ -253,12 +301,16 @@ class Stack:
         raise Unavailable(f"fewer than {count} nodes online at {router}")
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'mode':<8} {'cached':>7} {'prompt tok':>10} {'TTFT p50':>9} {'p90':>8}  per node")
+def print_table(rows: list[dict[str, Any]], slots: int) -> None:
+    print(
+        f"{'mode':<8} {'cached':>7} {'prompt tok':>10} {'TTFT p50':>9} {'p90':>8}  "
+        "requests per node / peak at once"
+    )
     for r in rows:
         print(
             f"{r['mode']:<8} {r['cached_fraction']:7.2f} {r['prompt_tokens']:>10} "
             f"{r['ttft_p50_ms']:7.1f}ms {r['ttft_p90_ms']:6.1f}ms  {r['requests_per_node']}"
+            f" / {r['peak_per_node']} (slots {slots})"
         )
     by_mode = {r["mode"]: r for r in rows}
     ceiling = by_mode.get("pinned", {}).get("cached_fraction")
@@ -267,6 +319,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             if mode in by_mode:
                 ratio = by_mode[mode]["cached_fraction"] / ceiling
                 print(f"{mode}: {ratio:.2f} of the pinned ceiling")
+
+
+def print_turns(result: ModeResult) -> None:
+    """One line per conversation: each turn's node, cached/prompt tokens and affinity."""
+    for c in sorted({t.conversation for t in result.turns}):
+        turns = sorted((t for t in result.turns if t.conversation == c), key=lambda t: t.turn)
+        cells = (f"{t.node[-6:]} {t.cached_tokens}/{t.prompt_tokens} {t.affinity}" for t in turns)
+        print(f"  {result.mode} #{c}: " + " | ".join(cells), flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -288,7 +348,10 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                         stack.agent(f"node{i}-{mode}", routers[i % len(routers)], runtime)
                     stack.wait_nodes(routers[0], len(runtimes))
                 result = await run_mode(mode, args, routers, runtimes)
+                result.causes = affinity_causes(routers)
                 rows.append(result.summary())
+                if args.detail:
+                    print_turns(result)
                 print(json.dumps(rows[-1]), flush=True)
             return rows
         finally:
@@ -312,6 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--words", type=int, default=120, help="words per user message")
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    p.add_argument("--detail", action="store_true", help="print every conversation's turns")
     p.add_argument("--margin", type=float, default=0.5, help="the routers' AFFINITY_MARGIN")
     args = p.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
@@ -329,7 +393,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = asyncio.run(main_async(args))
-    print_table(rows)
+    print_table(rows, args.slots)
     return 0
 
 
