@@ -17,12 +17,14 @@ from llm_router.state.connect import Store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
 from llm_router.state.scripts import (
+    DEFAULT_TENANCY,
     NO_AFFINITY,
     AcquireResult,
     Affinity,
     FailureReport,
     FleetScripts,
     Granted,
+    Tenancy,
 )
 
 
@@ -115,6 +117,7 @@ class Fleet:
         response_id: str = "",
         affinity: Affinity = NO_AFFINITY,
         avoid: Sequence[str] = (),
+        tenancy: Tenancy = DEFAULT_TENANCY,
     ) -> AcquireResult:
         return await self.scripts.acquire(
             model=model,

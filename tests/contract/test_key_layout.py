@@ -72,6 +72,8 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
             keys.model_rr(model),
             keys.queue(model),
             keys.queue_alive(model),
+            keys.queue_fair(model),
+            keys.queue_shed(model),
         }
     return out
 

@@ -143,7 +143,7 @@ class LeaseMachine(RuleBasedStateMachine):
             assert not someone_waits, "a fresh arrival overtook a live waiter"
             replica.leases[result.lease_id] = result.node_id
         else:
-            replica.waiting[ticket] = result.arrival_us
+            replica.waiting[ticket] = result.order
 
     @precondition(lambda self: any(r.waiting for r in self.replicas))
     @rule(data=st.data())

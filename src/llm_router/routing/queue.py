@@ -1,9 +1,10 @@
 """Wake-ups for requests waiting in the fleet-wide queue.
 
-The queue itself lives in Redis (``acquire.lua`` keeps the FIFO); this module only decides
-*when* a local waiter asks again. One pub/sub subscription per replica hears "capacity
-freed for model M" and wakes this replica's earliest waiter for M, which is the only one
-here that can be at the head. A bounded fallback poll covers lost messages, a pub/sub
+The queue itself lives in Redis (``acquire.lua`` keeps its fair order); this module only
+decides *when* a local waiter asks again. One pub/sub subscription per replica hears
+"capacity freed for model M" and wakes this replica's first waiter for M in that order
+(the smallest place tag, which never changes while it waits): the only one here that can
+be at the head. A bounded fallback poll covers lost messages, a pub/sub
 reconnect, and heads whose replica died (their tickets expire, nobody publishes).
 """
 
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(order=True)
 class Waiter:
-    arrival_us: int
+    #: The ticket's place tag in the fleet-wide order (see ``Queued.order``).
+    order: int
     ticket: str = field(compare=False)
     model: str = field(compare=False)
     wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)

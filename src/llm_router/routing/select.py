@@ -31,6 +31,7 @@ from llm_router.errors import (
 from llm_router.routing.node_hop import node_credential
 from llm_router.routing.queue import CapacityEvents, Waiter
 from llm_router.state.scripts import (
+    DEFAULT_TENANCY,
     NO_AFFINITY,
     Affinity,
     Ending,
@@ -39,6 +40,7 @@ from llm_router.state.scripts import (
     Granted,
     Queued,
     Refused,
+    Tenancy,
 )
 
 log = logging.getLogger(__name__)
@@ -104,25 +106,27 @@ class Dispatcher:
         client_gone: Callable[[], Awaitable[object]] | None = None,
         want: Want = ANY,
         affinity: Affinity = NO_AFFINITY,
+        tenancy: Tenancy = DEFAULT_TENANCY,
     ) -> Lease:
         """A lease on a node for ``model``, queueing if needed.
 
         ``client_gone`` resolves when the client disconnects; it is only watched while the
         request waits in the queue, so the common path costs nothing extra. ``affinity``
-        carries the request's pins, read and moved by the same script call.
+        carries the request's pins, read and moved by the same script call; ``tenancy`` its
+        place in the fair order of the queue.
         """
         if self.closing:
             raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
         ticket = uuid.uuid4().hex
-        result = await self._try(model, ticket, want, affinity)
+        result = await self._try(model, ticket, want, affinity, tenancy)
         if isinstance(result, Granted):
             return self._hold(result, queued_ms=None)
         if isinstance(result, Refused):
             raise self._refusal(model, result, want)
-        return await self._wait(model, ticket, result, client_gone, want, affinity)
+        return await self._wait(model, ticket, result, client_gone, want, affinity, tenancy)
 
     async def _try(
-        self, model: str, ticket: str, want: Want, affinity: Affinity
+        self, model: str, ticket: str, want: Want, affinity: Affinity, tenancy: Tenancy
     ) -> Granted | Queued | Refused:
         return await self._scripts.acquire(
             model=model,
@@ -136,6 +140,7 @@ class Dispatcher:
             response_id=want.response_id,
             affinity=affinity,
             avoid=want.avoid,
+            tenancy=tenancy,
         )
 
     def _hold(self, granted: Granted, queued_ms: float | None) -> Lease:
@@ -163,6 +168,12 @@ class Dispatcher:
             )
         if refused.reason == "not_found":
             return ModelNotFound(f"The model '{model}' does not exist", param="model")
+        if refused.reason == "shed":
+            return QueueFull(
+                f"This request's place in the queue for model '{model}' went to a request "
+                "of a higher priority (the queue is full); retry later",
+                retry_after_s=self._limits.retry_after_s,
+            )
         if refused.reason == "queue_full":
             return QueueFull(
                 f"Too many requests are queued for model '{model}' "
@@ -183,10 +194,11 @@ class Dispatcher:
         client_gone: Callable[[], Awaitable[object]] | None,
         want: Want,
         affinity: Affinity,
+        tenancy: Tenancy,
     ) -> Lease:
         started = time.monotonic()
         deadline = started + self._limits.queue_timeout_s
-        waiter = Waiter(arrival_us=queued.arrival_us, ticket=ticket, model=model)
+        waiter = Waiter(order=queued.order, ticket=ticket, model=model)
         self._events.add(waiter)
         watcher = None
         if client_gone is not None:
@@ -210,7 +222,7 @@ class Dispatcher:
                 waiter.wake.clear()
                 if waiter.abandoned:
                     continue
-                result = await self._try(model, ticket, want, affinity)
+                result = await self._try(model, ticket, want, affinity, tenancy)
                 if isinstance(result, Granted):
                     granted = True
                     return self._hold(result, (time.monotonic() - started) * 1000)

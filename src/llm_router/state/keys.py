@@ -79,7 +79,8 @@ class Keys:
         return f"{self.base}leases:{node_id}"
 
     def queue(self, model: str) -> str:
-        """zset: ticket → arrival (µs, Redis clock): the fleet-wide FIFO for ``model``."""
+        """zset: ticket → place tag (band, then the tenant's fair virtual time): the
+        fleet-wide queue for ``model``, served lowest score first."""
         return f"{self.base}queue:{model}"
 
     def queue_alive(self, model: str) -> str:
@@ -89,6 +90,15 @@ class Keys:
         named ``m:alive`` must not be the liveness set of ``m``'s queue.
         """
         return f"{self.base}queue-alive:{model}"
+
+    def queue_fair(self, model: str) -> str:
+        """hash: ``v:<band>`` → the band's virtual time, ``f:<band>:<tenant>`` → the
+        tenant's virtual finish time; dropped when an arrival finds the queue empty."""
+        return f"{self.base}queue-fair:{model}"
+
+    def queue_shed(self, model: str) -> str:
+        """zset: ticket → until when (ms) its waiter is told it was shed from a full queue."""
+        return f"{self.base}queue-shed:{model}"
 
     def excluded(self, node_id: str) -> str:
         """zset: model → end of the node's cool-down for that model (ms)."""

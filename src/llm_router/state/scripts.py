@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Literal
 
@@ -54,7 +54,7 @@ STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 
 
 #: Helper files a script needs between ``lib.lua`` and its own file.
-_LIBRARIES: dict[str, tuple[str, ...]] = {"acquire": ("affinity",)}
+_LIBRARIES: dict[str, tuple[str, ...]] = {"acquire": ("affinity", "fair")}
 
 
 def _load_source(name: str) -> str:
@@ -81,6 +81,29 @@ class Affinity:
 #: No affinity: no pin is read or written.
 NO_AFFINITY = Affinity()
 
+#: Priority bands run 0..9; a key without one, and every settings key, sits in the middle.
+MAX_PRIORITY = 9
+DEFAULT_PRIORITY = 5
+DEFAULT_TENANT = "default"
+MAX_WEIGHT = 1000
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """Where a request stands in the fleet-wide queue: its tenant, its priority band (higher
+    is served first) and the tenant's weight within the band."""
+
+    tenant: str = DEFAULT_TENANT
+    priority: int = DEFAULT_PRIORITY
+    weight: int = 1
+
+    def lowered(self, priority: int) -> Tenancy:
+        """The same tenancy at ``priority`` if that is lower; a request never raises it."""
+        return replace(self, priority=min(self.priority, priority))
+
+
+DEFAULT_TENANCY = Tenancy()
+
 
 @dataclass(frozen=True)
 class Granted:
@@ -100,12 +123,16 @@ class Granted:
 @dataclass(frozen=True)
 class Queued:
     position: int
-    arrival_us: int
+    #: The ticket's place tag in the fair order: smaller is served sooner, and it never
+    #: changes while the ticket waits (so a replica can tell which of its waiters is first).
+    order: int
 
 
 @dataclass(frozen=True)
 class Refused:
-    reason: Literal["queue_full", "no_capable", "not_found", "unsupported", "response_gone"]
+    reason: Literal[
+        "queue_full", "shed", "no_capable", "not_found", "unsupported", "response_gone"
+    ]
     queue_length: int = 0
 
 
@@ -304,6 +331,7 @@ class FleetScripts:
         response_id: str = "",
         affinity: Affinity = NO_AFFINITY,
         avoid: Sequence[str] = (),
+        tenancy: Tenancy = DEFAULT_TENANCY,
     ) -> AcquireResult:
         """``avoid``: nodes this request already failed on; never picked again for it."""
         result = await self._call(
@@ -320,6 +348,9 @@ class FleetScripts:
             json.dumps(list(avoid)) if avoid else "",
             affinity.ttl_ms if affinity.keys else 0,
             affinity.margin,
+            tenancy.tenant,
+            tenancy.priority,
+            tenancy.weight,
             *affinity.keys,
         )
         kind = _text(result[0])
@@ -336,10 +367,10 @@ class FleetScripts:
                 secret=_text(result[8]),
             )
         if kind == "queued":
-            return Queued(position=int(result[1]), arrival_us=int(_text(result[2])))
+            return Queued(position=int(result[1]), order=int(_text(result[2])))
         if kind == "queue_full":
             return Refused("queue_full", queue_length=int(result[1]))
-        if kind in ("no_capable", "not_found", "unsupported", "response_gone"):
+        if kind in ("shed", "no_capable", "not_found", "unsupported", "response_gone"):
             return Refused(kind)  # type: ignore[arg-type]
         raise RuntimeError(f"acquire script returned {result!r}")
 

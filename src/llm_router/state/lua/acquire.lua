@@ -16,28 +16,39 @@
 --          everyone else)
 -- ARGV[11] affinity pin TTL (ms); 0 or absent: affinity off for this request
 -- ARGV[12] affinity margin, in utilisation units (1e6 = a whole node)
--- ARGV[13..] affinity keys, most specific first (none: no affinity)
+-- ARGV[13] tenant of the request's key
+-- ARGV[14] priority band, 0..9 (9 is served first)
+-- ARGV[15] the tenant's weight within its band, 1..1000
+-- ARGV[16..] affinity keys, most specific first (none: no affinity)
 -- Returns
 --   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity, scheme,
 --    secret}
 --       affinity: "" (no keys), "new" (no pin), "hit", or "moved:unavailable|full|loaded"
 --       scheme and secret: "" for a record without them
---   {"queued", position, arrival_us}   ticket ARGV[4] is (now) in the queue
---   {"queue_full", length}
+--   {"queued", position, order}        ticket ARGV[4] is (now) in the queue; `order` is its
+--                                      place tag (smaller is served sooner; fixed once queued)
+--   {"queue_full", length}             no room, and nobody queued ranks below this request
+--   {"shed"}                           ARGV[4] was queued but a higher band took its place
 --   {"no_capable"}                     known model, no node that could take it at all
 --   {"not_found"}                      no node advertised the model within forget-after
 --   {"unsupported"}                    every capable node declined this endpoint family
 --   {"response_gone"}                  ARGV[9] is unknown, or its node is no longer alive
 --
--- FIFO: while anyone is queued for the model, only the head of the queue may take a slot;
--- fresh arrivals join the back. Dead tickets (waiter's replica gone) are pruned first so
--- they never block the queue for longer than their TTL.
+-- Order: while anyone is queued for the model, only the head of the queue may take a slot,
+-- or a fresh arrival whose place tag would put it ahead of the head. The tag (fair.lua)
+-- orders by band, then by the tenant's start-time-fair virtual time, then FIFO within the
+-- tenant. Dead tickets (waiter's replica gone) are pruned first so they never block the
+-- queue for longer than their TTL. The common case, nobody queued, reads no fairness state.
 
 local model, lease_id, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ticket, queue_max, ticket_ttl = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local family, response_id = ARGV[8] or '', ARGV[9] or ''
+local tenant, band, weight = ARGV[13] or '', tonumber(ARGV[14] or '0') or 0, tonumber(ARGV[15] or '1') or 1
 local now = now_ms()
 local qkey, qalive = k_queue(model), k_queue_alive(model)
+-- This request's place in the fair order: its stored tag once queued; for a fresh arrival
+-- behind a non-empty queue, the tag it would get (committed only if it queues or is served).
+local my_tag, my_start = nil, nil
 
 local function leave_queue(queued)
   if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
@@ -75,8 +86,19 @@ if queued > 0 then
   queued = redis.call('ZCARD', qkey)
 end
 local my_turn = queued == 0
+local stored_tag = nil
 if not my_turn then
-  my_turn = redis.call('ZRANGE', qkey, 0, 0)[1] == ticket
+  stored_tag = redis.call('ZSCORE', qkey, ticket)
+  local head = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
+  if stored_tag then
+    my_tag = tonumber(stored_tag)
+    my_turn = head[1] == ticket
+  elseif shed_ticket(model, ticket) then
+    return {'shed'}
+  else
+    my_tag, my_start = fair_tag(model, tenant, band)
+    my_turn = my_tag < tonumber(head[2])
+  end
 end
 
 -- A node may take this request if it is alive, taking requests and not cooling down for the
@@ -170,6 +192,11 @@ local function grant(c, affinity)
   redis.call('ZADD', k_leases(c.id), now + lease_ttl, lease_id)
   local inflight = c.inflight + 1
   update_scores_for(decode_list(c.f[6]), c.id, (score_of(c.f, inflight)), c.warm)
+  if my_tag then
+    -- Served from the queue (or ahead of it): its tenant's virtual time moves on.
+    if not stored_tag then fair_enqueue(model, tenant, band, weight, my_start) end
+    fair_served(model, my_tag)
+  end
   leave_queue(queued)
   return {'ok', c.id, c.f[7], c.f[8], inflight, c.maxc, affinity,
     c.f[11] or '', c.f[12] or ''}
@@ -217,7 +244,7 @@ if my_turn then
   local pin_ttl, margin = tonumber(ARGV[11] or '0') or 0, tonumber(ARGV[12] or '0') or 0
   local pin_keys = {}
   if pin_ttl > 0 then
-    for i = 13, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
+    for i = 16, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
   end
   local choice, affinity
   if #pin_keys > 0 then
@@ -232,14 +259,19 @@ if my_turn then
 end
 
 if not my_turn or any_capable then
-  local arrival = redis.call('ZSCORE', qkey, ticket)
-  if not arrival then
-    if queued >= queue_max then return {'queue_full', queued} end
-    arrival = now_us()
-    redis.call('ZADD', qkey, arrival, ticket)
+  if not stored_tag then
+    if queued == 0 then
+      fair_reset(model)
+      my_tag, my_start = fair_tag(model, tenant, band)
+    end
+    if queued >= queue_max and not shed_below(model, my_tag, now, ticket_ttl) then
+      return {'queue_full', queued}
+    end
+    fair_enqueue(model, tenant, band, weight, my_start)
+    redis.call('ZADD', qkey, string.format('%.0f', my_tag), ticket)
   end
   redis.call('ZADD', qalive, now + ticket_ttl, ticket)
-  return {'queued', redis.call('ZRANK', qkey, ticket) + 1, string.format('%.0f', tonumber(arrival))}
+  return {'queued', redis.call('ZRANK', qkey, ticket) + 1, string.format('%.0f', my_tag)}
 end
 
 -- Nobody can take it. A waiter whose last capable node vanished leaves the queue too.

@@ -44,6 +44,8 @@ local function k_models_version() return BASE .. 'models:version' end
 local function k_leases(id) return BASE .. 'leases:' .. id end
 local function k_queue(m) return BASE .. 'queue:' .. m end
 local function k_queue_alive(m) return BASE .. 'queue-alive:' .. m end
+local function k_queue_fair(m) return BASE .. 'queue-fair:' .. m end
+local function k_queue_shed(m) return BASE .. 'queue-shed:' .. m end
 local function k_excluded(id) return BASE .. 'excluded:' .. id end
 local function k_failures(id, m) return BASE .. 'failures:' .. id .. ':' .. m end
 local function k_events() return BASE .. 'events:capacity' end
@@ -297,7 +299,8 @@ local function forget_node(id)
     if redis.call('ZCARD', k_model_nodes(m)) == 0 then
       redis.call('ZREM', k_known(), m)
       redis.call('HDEL', k_created(), m)
-      redis.call('DEL', k_model_load(m), k_model_rr(m), k_queue(m), k_queue_alive(m))
+      redis.call('DEL', k_model_load(m), k_model_rr(m), k_queue(m), k_queue_alive(m),
+        k_queue_fair(m), k_queue_shed(m))
     end
   end
   models_changed()
