@@ -1,10 +1,12 @@
 """Property-based tests of the lease and queue scripts on a real redis-server.
 
 Hypothesis drives random interleavings of two router replicas taking, releasing and
-waiting for slots on a few nodes, and of replicas dying (they stop renewing; their leases
-and tickets must expire on their own). After every step: no node holds more live leases
-than its ``max_concurrency``; a waiter is served only when it is the oldest live waiter;
-and at the end, with everyone gone, nothing is left held or queued.
+waiting for slots on a few nodes, for tenants of different priority bands and weights, and
+of replicas dying (they stop renewing; their leases and tickets must expire on their own).
+After every step: no node holds more live leases than its ``max_concurrency``; a waiter is
+served only when it is first in the fair order among the live waiters (smallest place tag;
+Redis breaks ties by ticket); a fresh arrival overtakes no waiter of a higher band; no
+ticket is served twice; and at the end, with everyone gone, nothing is left held or queued.
 
 ``LLM_ROUTER_PROPERTY_EXAMPLES`` (default 12) sets how many random histories are tried.
 """
@@ -34,18 +36,20 @@ from redis.asyncio import Redis
 from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import FleetScripts, Granted, Queued
+from llm_router.state.scripts import FleetScripts, Granted, Queued, Tenancy
 
 MODEL = "prop-model"
 TTL_MS = 300  # leases and tickets of a replica that stops renewing die this fast
 _serial = itertools.count()
+TENANTS = [Tenancy("a", 5, 1), Tenancy("b", 5, 3), Tenancy("c", 7, 1), Tenancy("d", 2, 2)]
 
 
 @dataclass
 class Replica:
     name: str
     leases: dict[str, str] = field(default_factory=dict)  # lease id → node id
-    waiting: dict[str, int] = field(default_factory=dict)  # ticket → arrival (µs)
+    waiting: dict[str, tuple[int, str]] = field(default_factory=dict)  # ticket → (tag, ticket)
+    tenancy: dict[str, Tenancy] = field(default_factory=dict)  # ticket → who asked
 
 
 class LeaseMachine(RuleBasedStateMachine):
@@ -62,6 +66,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.replicas = [Replica(f"r{next(_serial)}") for _ in range(2)]
         self.dead: list[Replica] = []
         self.dead_pending = False
+        self.served: set[str] = set()
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -113,7 +118,7 @@ class LeaseMachine(RuleBasedStateMachine):
         seconds, micros = self.run(self.redis.time())
         return int(seconds) * 1000 + int(micros) // 1000
 
-    def acquire(self, ticket: str) -> Granted | Queued:
+    def acquire(self, ticket: str, tenancy: Tenancy = TENANTS[0]) -> Granted | Queued:
         result = self.run(
             self.scripts.acquire(
                 model=MODEL,
@@ -123,27 +128,36 @@ class LeaseMachine(RuleBasedStateMachine):
                 queue_max=1000,
                 ticket_ttl_ms=TTL_MS,
                 forget_ms=600_000,
+                tenancy=tenancy,
             )
         )
         assert isinstance(result, Granted | Queued), result
+        if isinstance(result, Granted):
+            assert ticket not in self.served, "a ticket was served twice"
+            self.served.add(ticket)
         return result
 
-    def oldest_live_waiter(self) -> int | None:
-        arrivals = [a for r in self.replicas for a in r.waiting.values()]
-        return min(arrivals) if arrivals else None
+    def first_live_waiter(self) -> tuple[int, str] | None:
+        places = [p for r in self.replicas for p in r.waiting.values()]
+        return min(places) if places else None
 
-    @rule(which=st.integers(0, 1))
-    def arrive(self, which: int) -> None:
+    def best_waiting_band(self) -> int:
+        bands = [r.tenancy[t].priority for r in self.replicas for t in r.waiting]
+        return max(bands, default=-1)
+
+    @rule(which=st.integers(0, 1), who=st.sampled_from(TENANTS))
+    def arrive(self, which: int, who: Tenancy) -> None:
         self.renew_all()
         replica = self.replicas[which]
-        someone_waits = self.oldest_live_waiter() is not None
+        best_band = self.best_waiting_band()
         ticket = uuid.uuid4().hex
-        result = self.acquire(ticket)
+        result = self.acquire(ticket, who)
         if isinstance(result, Granted):
-            assert not someone_waits, "a fresh arrival overtook a live waiter"
+            assert who.priority >= best_band, "a fresh arrival overtook a higher band"
             replica.leases[result.lease_id] = result.node_id
         else:
-            replica.waiting[ticket] = result.order
+            replica.waiting[ticket] = (result.order, ticket)
+            replica.tenancy[ticket] = who
 
     @precondition(lambda self: any(r.waiting for r in self.replicas))
     @rule(data=st.data())
@@ -151,11 +165,11 @@ class LeaseMachine(RuleBasedStateMachine):
         self.renew_all()
         replica = data.draw(st.sampled_from([r for r in self.replicas if r.waiting]))
         ticket = data.draw(st.sampled_from(list(replica.waiting)))
-        arrival = replica.waiting[ticket]
-        oldest = self.oldest_live_waiter()
-        result = self.acquire(ticket)
+        place = replica.waiting[ticket]
+        first = self.first_live_waiter()
+        result = self.acquire(ticket, replica.tenancy[ticket])
         if isinstance(result, Granted):
-            assert arrival == oldest, "a waiter was served before an older live one (FIFO)"
+            assert place == first, "a waiter was served before one ahead of it in fair order"
             del replica.waiting[ticket]
             replica.leases[result.lease_id] = result.node_id
 
