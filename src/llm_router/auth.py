@@ -30,6 +30,7 @@ from types import MappingProxyType
 
 from llm_router.errors import AuthError, Forbidden, InvalidRequest
 from llm_router.settings import RouterSettings
+from llm_router.tenancy import DEFAULT_PRIORITY, DEFAULT_TENANCY, Tenancy
 
 
 class Scope(StrEnum):
@@ -92,6 +93,22 @@ class ManagedKey:
     name: str
     created: int
     rate_limit_per_minute: int | None = None
+    #: The tenant its requests are queued under; "" means the key is a tenant of its own.
+    tenant: str = ""
+    priority: int = DEFAULT_PRIORITY
+    weight: int = 1
+    max_in_flight: int = 0
+    refuse_over_limit: bool = False
+
+    def tenancy(self, key_id: str) -> Tenancy:
+        return Tenancy(
+            tenant=self.tenant or key_id,
+            priority=self.priority,
+            weight=self.weight,
+            key_id=key_id if self.max_in_flight else "",
+            max_in_flight=self.max_in_flight,
+            refuse_over_limit=self.refuse_over_limit,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class Principal:
     key_id: str
     scope: Scope
     rate_limit_per_minute: int | None = None
+    #: Its place in the fleet-wide queue (settings keys: the default tenant).
+    tenancy: Tenancy = DEFAULT_TENANCY
 
 
 _NO_MANAGED: Mapping[bytes, ManagedKey] = MappingProxyType({})
@@ -144,14 +163,17 @@ class KeyRing:
             found |= hmac.compare_digest(key_digest, candidate)
         return found
 
-    def _scope_of(self, key_digest: bytes) -> tuple[Scope, int | None] | None:
+    def _principal(self, key_digest: bytes) -> Principal | None:
+        key_id = key_id_of(key_digest)
         managed = self.managed.get(key_digest)
         if managed is not None:
-            return managed.scope, managed.rate_limit_per_minute
+            return Principal(
+                key_id, managed.scope, managed.rate_limit_per_minute, managed.tenancy(key_id)
+            )
         # Admin first: a key listed under several scopes takes the widest.
         for scope in (Scope.ADMIN, Scope.NODE, Scope.API):
             if self._matches(key_digest, self.keys[scope]):
-                return scope, None
+                return Principal(key_id, scope)
         return None
 
     def check(self, headers: Mapping[str, str], scope: Scope) -> Principal | None:
@@ -165,15 +187,14 @@ class KeyRing:
                 f"Missing API key for scope '{scope}': send 'Authorization: Bearer <key>'"
             )
         key_digest = digest(key)
-        found = self._scope_of(key_digest)
+        found = self._principal(key_digest)
         if found is None:
             raise AuthError("Invalid API key")
-        held, rate_limit = found
-        if held is not scope and held is not Scope.ADMIN:
+        if found.scope is not scope and found.scope is not Scope.ADMIN:
             # Name what the endpoint needs, never what the key holds: the answer must not
             # tell a caller holding a stolen key how far it reaches.
             raise Forbidden(f"This key is not allowed here: scope '{scope}' is required")
-        return Principal(key_id_of(key_digest), held, rate_limit)
+        return found
 
 
 def startup_problems(

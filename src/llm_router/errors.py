@@ -18,7 +18,8 @@ they occur with ``raise ... from exc``; none of them reaches a client as a trace
     │   ├── NodeNotFound               404 node_not_found
     │   └── ResponseNotFound           404 response_not_found
     ├── RateLimited                    429 rate_limit_exceeded    (Retry-After)
-    │   └── QueueFull                  429 queue_full             (Retry-After)
+    │   ├── QueueFull                  429 queue_full             (Retry-After)
+    │   └── KeyInFlightLimit           429 key_in_flight_limit    (Retry-After)
     ├── UpstreamError                  502 upstream_error
     │   └── NodeModelsFetchFailed      502 node_models_unreachable
     ├── ServiceUnavailable             503 service_unavailable    (Retry-After)
@@ -168,6 +169,10 @@ class RateLimited(RouterError):
 
 class QueueFull(RateLimited):
     code = "queue_full"
+
+
+class KeyInFlightLimit(RateLimited):
+    code = "key_in_flight_limit"
 
 
 class UpstreamError(RouterError):

@@ -17,15 +17,14 @@ from llm_router.state.connect import Store
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
 from llm_router.state.scripts import (
-    DEFAULT_TENANCY,
     NO_AFFINITY,
     AcquireResult,
     Affinity,
     FailureReport,
     FleetScripts,
     Granted,
-    Tenancy,
 )
+from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ queue take it, so the order the queue serves in is read off directly.
 from __future__ import annotations
 
 from contract.fleet import Fleet, Lease, sleep_ms
-from llm_router.state.scripts import Granted, Queued, Refused, Tenancy
+from llm_router.state.scripts import Granted, KeyWait, Queued, Refused
+from llm_router.tenancy import Tenancy
 
 M = "llama-3-8b.gguf"
 
@@ -153,3 +154,53 @@ async def test_dead_tickets_of_every_tenant_stop_blocking(fleet: Fleet) -> None:
     await sleep_ms(120)
     assert isinstance(await fleet.acquire(M, ticket="c0", tenancy=tenant("C", 0)), Granted)
     assert await fleet.zmembers(fleet.keys.queue(M)) == {}
+
+
+def limited(n: int, *, refuse: bool = False, name: str = "A") -> Tenancy:
+    return Tenancy(tenant=name, key_id=f"key-{name}", max_in_flight=n, refuse_over_limit=refuse)
+
+
+async def test_max_in_flight_holds_for_the_key_across_the_fleet(fleet: Fleet) -> None:
+    await fleet.register("box-a", [M], max_concurrency=4)
+    await fleet.register("box-b", [M], max_concurrency=4)
+    first = await fleet.acquire(M, tenancy=limited(2))
+    second = await fleet.acquire(M, tenancy=limited(2))
+    assert isinstance(first, Granted) and isinstance(second, Granted)
+    # Free slots everywhere, but the key has two running: the third waits, outside the
+    # queue, so it blocks nobody else.
+    assert await fleet.acquire(M, ticket="a3", tenancy=limited(2)) == KeyWait(in_flight=2)
+    assert await fleet.zmembers(fleet.keys.queue(M)) == {}
+    assert isinstance(await fleet.acquire(M, tenancy=limited(2, name="B")), Granted)
+    # A key that says so is refused instead.
+    refused = await fleet.acquire(M, tenancy=limited(2, refuse=True))
+    assert refused == Refused("key_busy", queue_length=2)
+    # One of its requests ends: the waiting one runs.
+    await fleet.scripts.release(node_id=first.node_id, lease_id=first.lease_id)
+    assert isinstance(await fleet.acquire(M, ticket="a3", tenancy=limited(2)), Granted)
+
+
+async def test_a_dead_replicas_requests_stop_counting_against_the_key(fleet: Fleet) -> None:
+    await fleet.register("box-a", [M], max_concurrency=4)
+    held = await fleet.acquire(M, tenancy=limited(1), lease_ttl_ms=50)
+    assert isinstance(held, Granted)
+    assert isinstance(await fleet.acquire(M, tenancy=limited(1)), KeyWait)
+    await sleep_ms(120)  # the holder never renews: its lease, and its count, expire
+    assert isinstance(await fleet.acquire(M, tenancy=limited(1)), Granted)
+    members = await fleet.zmembers(fleet.keys.key_flight("key-A"))
+    assert len(members) == 1  # the ended lease's entry was dropped
+
+
+async def test_a_head_over_its_key_limit_does_not_block_the_queue(fleet: Fleet) -> None:
+    await fleet.register("box-a", [M], max_concurrency=2)
+    x1, x2 = await fleet.lease(M), await fleet.lease(M)
+    await _queue(fleet, "a1", limited(1))
+    await _queue(fleet, "a2", limited(1))
+    await _queue(fleet, "b0", tenant("B", priority=3))
+    await fleet.release(x1)
+    assert isinstance(await fleet.acquire(M, ticket="a1", tenancy=limited(1)), Granted)
+    await fleet.release(x2)
+    # a2 heads the queue, but its key already has its one request running: it steps out
+    # of the queue to wait on its key, and the next in line takes the slot.
+    assert isinstance(await fleet.acquire(M, ticket="a2", tenancy=limited(1)), KeyWait)
+    assert set(await fleet.zmembers(fleet.keys.queue(M))) == {"b0"}
+    assert isinstance(await fleet.acquire(M, ticket="b0", tenancy=tenant("B", 3)), Granted)

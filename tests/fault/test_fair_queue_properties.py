@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from llm_router.protocol import RegisterRequest
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import FleetScripts, Granted, Queued, Tenancy
+from llm_router.state.scripts import FleetScripts, Granted, Queued
+from llm_router.tenancy import Tenancy
 
 MODEL = "fair-model"
 _serial = itertools.count()

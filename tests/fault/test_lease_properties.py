@@ -36,7 +36,8 @@ from redis.asyncio import Redis
 from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import FleetScripts, Granted, Queued, Tenancy
+from llm_router.state.scripts import FleetScripts, Granted, Queued
+from llm_router.tenancy import Tenancy
 
 MODEL = "prop-model"
 TTL_MS = 300  # leases and tickets of a replica that stops renewing die this fast

@@ -9,13 +9,14 @@ import pytest
 
 from llm_router.auth import KeyRing, ManagedKey, Principal, Scope, digest, key_id_of
 from llm_router.auth import startup_problems as problems_of
-from llm_router.errors import AuthError, Forbidden, RateLimited
+from llm_router.errors import AuthError, Forbidden, InvalidRequest, RateLimited
 from llm_router.security.managed_keys import KeyNotFound, KeyRefresher, ManagedKeyStore
 from llm_router.security.rate_limit import RateLimiter
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import Store
 from llm_router.state.keys import Keys
 from llm_router.state.scripts import FleetScripts
+from llm_router.tenancy import DEFAULT_TENANCY, PRIORITY_HEADER, Tenancy
 
 REDIS = "redis://127.0.0.1:1/0"
 
@@ -99,11 +100,43 @@ def test_managed_keys_close_their_scope_and_carry_their_rate_limit() -> None:
     )
     assert keyring.open_scopes == {Scope.NODE, Scope.ADMIN}
     principal = keyring.check(bearer("m-api"), Scope.API)
-    assert principal == Principal(key_id_of(digest("m-api")), Scope.API, 7)
+    key_id = key_id_of(digest("m-api"))
+    assert principal == Principal(key_id, Scope.API, 7, Tenancy(tenant=key_id))
     with pytest.raises(AuthError):
         keyring.check(bearer("m-apx"), Scope.API)
     keyring.replace_managed({})
     assert keyring.check(bearer("m-api"), Scope.API) is None  # open again, nothing known
+
+
+def test_managed_keys_carry_their_tenancy_and_settings_keys_the_default() -> None:
+    keyring = ring(**FULL)
+    keyring.replace_managed(
+        {
+            digest("m-batch"): ManagedKey(
+                Scope.API, "batch", 1, tenant="research", priority=2, weight=3, max_in_flight=4
+            )
+        }
+    )
+    found = keyring.check(bearer("m-batch"), Scope.API)
+    assert found is not None
+    key_id = key_id_of(digest("m-batch"))
+    assert found.tenancy == Tenancy("research", 2, 3, key_id=key_id, max_in_flight=4)
+    settings_key = keyring.check(bearer("a1"), Scope.API)
+    assert settings_key is not None and settings_key.tenancy == DEFAULT_TENANCY
+
+
+@pytest.mark.parametrize(("header", "band"), [("0", 0), ("3", 3), ("7", 7), ("9", 7), (" 2 ", 2)])
+def test_a_request_may_lower_its_priority_never_raise_it(header: str, band: int) -> None:
+    key = Tenancy("t", priority=7)
+    assert key.for_request({PRIORITY_HEADER: header}).priority == band
+    assert key.for_request({}) == key
+
+
+@pytest.mark.parametrize("header", ["10", "-1", "high", "", "1.5"])
+def test_a_bad_priority_header_is_a_400_naming_it(header: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        DEFAULT_TENANCY.for_request({PRIORITY_HEADER: header})
+    assert caught.value.param == PRIORITY_HEADER and caught.value.status_code == 400
 
 
 def test_a_managed_key_of_another_scope_is_forbidden() -> None:
@@ -209,6 +242,39 @@ async def test_bad_key_attributes_are_refused(
     with pytest.raises(ValueError):
         await ManagedKeyStore(store.redis, keys).create(
             Scope.API, name=name, rate_limit_per_minute=limit
+        )
+
+
+async def test_tenancy_is_stored_with_the_key(store: Store, keys: Keys) -> None:
+    managed = ManagedKeyStore(store.redis, keys)
+    wanted = ManagedKey(
+        Scope.API, "", 0, tenant="team-b", priority=8, weight=5, max_in_flight=3,
+        refuse_over_limit=True,
+    )  # fmt: skip
+    key, listing = await managed.create(Scope.API, name="chat", queueing=wanted)
+    loaded = (await managed.load())[digest(key)]
+    assert (loaded.tenant, loaded.priority, loaded.weight) == ("team-b", 8, 5)
+    assert loaded.max_in_flight == 3 and loaded.refuse_over_limit
+    assert (listing.tenant, listing.priority, listing.weight) == ("team-b", 8, 5)
+    assert await managed.list() == [listing]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"priority": 10},
+        {"priority": -1},
+        {"weight": 0},
+        {"weight": 1001},
+        {"max_in_flight": -1},
+        {"tenant": "two words"},
+        {"tenant": "x" * 129},
+    ],
+)
+async def test_bad_tenancy_is_refused(store: Store, keys: Keys, bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        await ManagedKeyStore(store.redis, keys).create(
+            Scope.API, queueing=ManagedKey(Scope.API, "", 0, **bad)
         )
 
 

@@ -28,6 +28,7 @@ from llm_router.node.asgi import ClientGone, read_body
 from llm_router.routing.endpoints import Endpoint, ModelFrom, routes
 from llm_router.routing.proxy import Call, ProxyReply
 from llm_router.security.guard import Guard
+from llm_router.tenancy import DEFAULT_TENANCY
 
 if TYPE_CHECKING:
     from llm_router.fleet import Fleet
@@ -138,7 +139,9 @@ async def _proxy(row: Endpoint, scope: Scope, receive: Receive) -> ProxyReply | 
     fleet: Fleet = scope["litestar_app"].state.fleet
     guard: Guard = scope["litestar_app"].state.guard
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    await guard.admit(fleet.keyring.check(headers, AuthScope.API))
+    principal = fleet.keyring.check(headers, AuthScope.API)
+    await guard.admit(principal)
+    tenancy = (principal.tenancy if principal else DEFAULT_TENANCY).for_request(headers)
     body = await _read_body(receive, fleet.settings.max_body_bytes)
     target = await target_of(
         row,
@@ -157,6 +160,7 @@ async def _proxy(row: Endpoint, scope: Scope, receive: Receive) -> ProxyReply | 
         request_id=request_id_of(headers),
         response_id=target.response_id,
         affinity=fleet.affinity.for_request(scope["path"], target.model, target.payload, headers),
+        tenancy=tenancy,
     )
     stop_watching = _cancel_current_task_when(receive, after_s=DISCONNECT_WATCH_AFTER_S)
     try:

@@ -58,6 +58,7 @@ from llm_router.routing.node_headers import SSE, media_type, passed_headers
 from llm_router.routing.response_ids import StreamIdFinder, id_of_object
 from llm_router.routing.select import Dispatcher, Lease, Want
 from llm_router.state.scripts import NO_AFFINITY, Affinity, Ending, FailureReport
+from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class Call:
     request_id: str
     response_id: str = ""  # a stored response this request must follow to its node
     affinity: Affinity = NO_AFFINITY  # soft pins: the conversation's previous node
+    tenancy: Tenancy = DEFAULT_TENANCY  # its place in the fleet-wide queue
 
 
 @dataclass
@@ -220,7 +222,7 @@ class Proxy:
                     want = dataclasses.replace(want, avoid=tuple(evidence.tried))
                 try:
                     lease = await self._dispatcher.acquire(
-                        call.model, client_gone, want, call.affinity
+                        call.model, client_gone, want, call.affinity, call.tenancy
                     )
                 except (NoCapableNodes, NotImplementedByFleet):
                     if own_answer is None and last_error is None:

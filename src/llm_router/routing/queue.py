@@ -54,6 +54,11 @@ class CapacityEvents:
                 # The next local waiter may now be the head: let it look.
                 waiters[0].wake.set()
 
+    def reorder(self, waiter: Waiter, order: int) -> None:
+        if waiter.order != order:
+            waiter.order = order
+            self._waiters[waiter.model].sort()
+
     def tickets(self) -> list[tuple[str, str]]:
         return [(w.model, w.ticket) for ws in self._waiters.values() for w in ws]
 

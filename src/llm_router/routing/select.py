@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from llm_router.errors import (
     ClientClosedRequest,
+    KeyInFlightLimit,
     ModelNotFound,
     NoCapableNodes,
     NotImplementedByFleet,
@@ -31,17 +32,17 @@ from llm_router.errors import (
 from llm_router.routing.node_hop import node_credential
 from llm_router.routing.queue import CapacityEvents, Waiter
 from llm_router.state.scripts import (
-    DEFAULT_TENANCY,
     NO_AFFINITY,
     Affinity,
     Ending,
     FailureReport,
     FleetScripts,
     Granted,
+    KeyWait,
     Queued,
     Refused,
-    Tenancy,
 )
+from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class Dispatcher:
 
     async def _try(
         self, model: str, ticket: str, want: Want, affinity: Affinity, tenancy: Tenancy
-    ) -> Granted | Queued | Refused:
+    ) -> Granted | Queued | KeyWait | Refused:
         return await self._scripts.acquire(
             model=model,
             lease_id=uuid.uuid4().hex,
@@ -168,6 +169,12 @@ class Dispatcher:
             )
         if refused.reason == "not_found":
             return ModelNotFound(f"The model '{model}' does not exist", param="model")
+        if refused.reason == "key_busy":
+            return KeyInFlightLimit(
+                f"This key already has {refused.queue_length} requests in flight across the "
+                "fleet, its limit; retry later",
+                retry_after_s=self._limits.retry_after_s,
+            )
         if refused.reason == "shed":
             return QueueFull(
                 f"This request's place in the queue for model '{model}' went to a request "
@@ -190,7 +197,7 @@ class Dispatcher:
         self,
         model: str,
         ticket: str,
-        queued: Queued,
+        queued: Queued | KeyWait,
         client_gone: Callable[[], Awaitable[object]] | None,
         want: Want,
         affinity: Affinity,
@@ -198,7 +205,10 @@ class Dispatcher:
     ) -> Lease:
         started = time.monotonic()
         deadline = started + self._limits.queue_timeout_s
-        waiter = Waiter(order=queued.order, ticket=ticket, model=model)
+        # Waiting on its key's own limit, the request holds no place in the queue: it sorts
+        # after this replica's queued waiters and looks again at each poll.
+        order = queued.order if isinstance(queued, Queued) else _NOT_QUEUED
+        waiter = Waiter(order=order, ticket=ticket, model=model)
         self._events.add(waiter)
         watcher = None
         if client_gone is not None:
@@ -229,6 +239,10 @@ class Dispatcher:
                 if isinstance(result, Refused):
                     granted = True  # the script already took the ticket out
                     raise self._refusal(model, result, want)
+                # Queued anew after waiting on its key (or back to that wait): a new place.
+                self._events.reorder(
+                    waiter, result.order if isinstance(result, Queued) else _NOT_QUEUED
+                )
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -330,6 +344,9 @@ class Dispatcher:
                 await self.renew_once()
             except Exception as exc:
                 log.warning("lease renewal failed: %s", exc)
+
+
+_NOT_QUEUED = 1 << 62
 
 
 def _host(ip: str) -> str:

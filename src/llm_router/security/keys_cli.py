@@ -17,11 +17,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from llm_router.auth import Scope
+from llm_router.auth import ManagedKey, Scope
 from llm_router.security.managed_keys import KeyListing, KeyNotFound, ManagedKeyStore
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import open_store
 from llm_router.state.keys import Keys
+from llm_router.tenancy import DEFAULT_PRIORITY, MAX_PRIORITY, MAX_WEIGHT
 
 
 def add_keys_parser(sub: Any) -> None:
@@ -36,6 +37,25 @@ def add_keys_parser(sub: Any) -> None:
     create.add_argument(
         "--rate-limit-per-minute", type=int, default=None, help="this key's own request limit"
     )
+    create.add_argument(
+        "--tenant", default="", help="the tenant its requests queue under (default: the key itself)"
+    )
+    create.add_argument(
+        "--priority", type=int, default=DEFAULT_PRIORITY,
+        help=f"queue band 0-{MAX_PRIORITY}, higher served first (default {DEFAULT_PRIORITY})",
+    )  # fmt: skip
+    create.add_argument(
+        "--weight", type=int, default=1,
+        help=f"the tenant's share of freed slots within its band, 1-{MAX_WEIGHT} (default 1)",
+    )  # fmt: skip
+    create.add_argument(
+        "--max-in-flight", type=int, default=0,
+        help="at most this many of the key's requests running across the fleet (0: no limit)",
+    )  # fmt: skip
+    create.add_argument(
+        "--refuse-over-limit", action="store_true",
+        help="over --max-in-flight, answer 429 instead of waiting",
+    )  # fmt: skip
     create.add_argument("--json", action="store_true", help="print JSON")
 
     listing = actions.add_parser("list", help="list keys (ids, scopes, names; never the keys)")
@@ -55,7 +75,14 @@ def _settings(args: argparse.Namespace) -> RouterSettings:
 def _row(item: KeyListing) -> str:
     created = datetime.fromtimestamp(item.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     limit = str(item.rate_limit_per_minute) if item.rate_limit_per_minute else "-"
-    return f"{item.key_id:<14}{item.scope!s:<7}{created:<22}{limit:<8}{item.name}"
+    tenant = item.tenant or "(own)"
+    flight = str(item.max_in_flight) if item.max_in_flight else "-"
+    if item.max_in_flight and item.refuse_over_limit:
+        flight += "!"
+    return (
+        f"{item.key_id:<14}{item.scope!s:<7}{created:<22}{limit:<8}{tenant:<16}"
+        f"{item.priority:<5}{item.weight:<7}{flight:<8}{item.name}"
+    )
 
 
 def _as_json(item: KeyListing) -> dict[str, Any]:
@@ -69,8 +96,16 @@ async def _run(args: argparse.Namespace, settings: RouterSettings) -> int:
     try:
         managed = ManagedKeyStore(store.redis, Keys(settings.key_prefix))
         if args.keys_action == "create":
+            queueing = ManagedKey(
+                Scope(args.scope), args.name, 0,
+                tenant=args.tenant, priority=args.priority, weight=args.weight,
+                max_in_flight=args.max_in_flight, refuse_over_limit=args.refuse_over_limit,
+            )  # fmt: skip
             key, item = await managed.create(
-                Scope(args.scope), name=args.name, rate_limit_per_minute=args.rate_limit_per_minute
+                Scope(args.scope),
+                name=args.name,
+                rate_limit_per_minute=args.rate_limit_per_minute,
+                queueing=queueing,
             )
             if args.json:
                 print(json.dumps({"key": key, **_as_json(item)}))
@@ -86,7 +121,10 @@ async def _run(args: argparse.Namespace, settings: RouterSettings) -> int:
             if args.json:
                 print(json.dumps([_as_json(i) for i in items]))
             else:
-                print(f"{'ID':<14}{'SCOPE':<7}{'CREATED':<22}{'RPM':<8}NAME")
+                print(
+                    f"{'ID':<14}{'SCOPE':<7}{'CREATED':<22}{'RPM':<8}{'TENANT':<16}"
+                    f"{'PRIO':<5}{'WEIGHT':<7}{'FLIGHT':<8}NAME"
+                )
                 for item in items:
                     print(_row(item))
             return 0

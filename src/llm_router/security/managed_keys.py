@@ -1,7 +1,8 @@
 """API keys kept in the fleet's Redis, and the snapshot each replica authenticates with.
 
 Redis holds one hash, ``{prefix}:apikeys``: ``sha256(key)`` (hex) → JSON
-``{"scope", "name", "created", "rate_limit_per_minute"?}``. The key itself is shown once,
+``{"scope", "name", "created", "rate_limit_per_minute"?, "tenant"?, "priority"?, "weight"?,
+"max_in_flight"?, "refuse_over_limit"?}``. The key itself is shown once,
 when it is created, and never stored. Replicas do not read Redis per request: a
 ``KeyRefresher`` reloads the whole hash every ``key_refresh_s`` and swaps it into the
 ``KeyRing``; a revoked key therefore stops working on every replica within that period.
@@ -17,13 +18,14 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from llm_router.auth import KeyRing, ManagedKey, Scope, digest, key_id_of
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import open_store
 from llm_router.state.keys import Keys
+from llm_router.tenancy import DEFAULT_PRIORITY, MAX_PRIORITY, MAX_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,38 @@ class KeyListing:
     name: str
     created: int
     rate_limit_per_minute: int | None
+    tenant: str = ""
+    priority: int = DEFAULT_PRIORITY
+    weight: int = 1
+    max_in_flight: int = 0
+    refuse_over_limit: bool = False
+
+
+def _listing(key_digest: bytes, key: ManagedKey) -> KeyListing:
+    return KeyListing(
+        key_id_of(key_digest),
+        key.scope,
+        key.name,
+        key.created,
+        key.rate_limit_per_minute,
+        key.tenant,
+        key.priority,
+        key.weight,
+        key.max_in_flight,
+        key.refuse_over_limit,
+    )
+
+
+def _queueing_problem(key: ManagedKey) -> str | None:
+    if len(key.tenant) > _MAX_NAME_LEN or any(not c.isprintable() or c == " " for c in key.tenant):
+        return f"tenant must be at most {_MAX_NAME_LEN} printable characters without spaces"
+    if not 0 <= key.priority <= MAX_PRIORITY:
+        return f"priority must be from 0 to {MAX_PRIORITY}"
+    if not 1 <= key.weight <= MAX_WEIGHT:
+        return f"weight must be from 1 to {MAX_WEIGHT}"
+    if key.max_in_flight < 0:
+        return "max_in_flight must be 0 (no limit) or more"
+    return None
 
 
 def _text(value: Any) -> str:
@@ -53,12 +87,18 @@ def _parse(raw: Any) -> ManagedKey | None:
     try:
         data = json.loads(_text(raw))
         rate = data.get("rate_limit_per_minute")
-        return ManagedKey(
+        key = ManagedKey(
             scope=Scope(data["scope"]),
             name=str(data.get("name", "")),
             created=int(data.get("created", 0)),
             rate_limit_per_minute=int(rate) if rate is not None else None,
+            tenant=str(data.get("tenant", "")),
+            priority=int(data.get("priority", DEFAULT_PRIORITY)),
+            weight=int(data.get("weight", 1)),
+            max_in_flight=int(data.get("max_in_flight", 0)),
+            refuse_over_limit=bool(data.get("refuse_over_limit", False)),
         )
+        return None if _queueing_problem(key) else key
     except (ValueError, KeyError, TypeError, AttributeError):
         # A hand-edited or foreign entry must not break authentication for everyone else.
         return None
@@ -76,22 +116,33 @@ class ManagedKeyStore:
         self._hash = keys.api_keys
 
     async def create(
-        self, scope: Scope, *, name: str = "", rate_limit_per_minute: int | None = None
+        self,
+        scope: Scope,
+        *,
+        name: str = "",
+        rate_limit_per_minute: int | None = None,
+        queueing: ManagedKey | None = None,
     ) -> tuple[str, KeyListing]:
+        """A new key; ``queueing`` (its tenant, priority, weight, max_in_flight and
+        refuse_over_limit fields) says where its requests stand in the queue."""
         if len(name) > _MAX_NAME_LEN or any(ord(c) < 32 or ord(c) == 127 for c in name):
             raise ValueError(f"name must be at most {_MAX_NAME_LEN} printable characters")
         if rate_limit_per_minute is not None and rate_limit_per_minute < 1:
             raise ValueError("rate_limit_per_minute must be at least 1")
+        base = queueing or ManagedKey(scope, name, 0)
+        managed = replace(
+            base, scope=scope, name=name, created=int(time.time()),
+            rate_limit_per_minute=rate_limit_per_minute,
+        )  # fmt: skip
+        problem = _queueing_problem(managed)
+        if problem:
+            raise ValueError(problem)
         key = new_key(scope)
-        record: dict[str, Any] = {"scope": str(scope), "name": name, "created": int(time.time())}
-        if rate_limit_per_minute is not None:
-            record["rate_limit_per_minute"] = rate_limit_per_minute
+        record = {k: v for k, v in asdict(managed).items() if v is not None}
+        record["scope"] = str(scope)
         key_digest = digest(key)
         await self._redis.hset(self._hash, key_digest.hex(), json.dumps(record))
-        listing = KeyListing(
-            key_id_of(key_digest), scope, name, record["created"], rate_limit_per_minute
-        )
-        return key, listing
+        return key, _listing(key_digest, managed)
 
     async def load(self) -> dict[bytes, ManagedKey]:
         raw = await self._redis.hgetall(self._hash)
@@ -108,10 +159,7 @@ class ManagedKeyStore:
 
     async def list(self) -> list[KeyListing]:
         loaded = await self.load()
-        listings = [
-            KeyListing(key_id_of(d), k.scope, k.name, k.created, k.rate_limit_per_minute)
-            for d, k in loaded.items()
-        ]
+        listings = [_listing(d, k) for d, k in loaded.items()]
         return sorted(listings, key=lambda k: (k.created, k.key_id))
 
     async def revoke(self, key_id: str) -> KeyListing:
@@ -129,9 +177,7 @@ class ManagedKeyStore:
             raise KeyNotFound(f"key id {key_id!r} is ambiguous: give more characters")
         key_digest, key = matches[0]
         await self._redis.hdel(self._hash, key_digest.hex())
-        return KeyListing(
-            key_id_of(key_digest), key.scope, key.name, key.created, key.rate_limit_per_minute
-        )
+        return _listing(key_digest, key)
 
 
 class KeyRefresher:

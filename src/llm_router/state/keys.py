@@ -96,6 +96,11 @@ class Keys:
         tenant's virtual finish time; dropped when an arrival finds the queue empty."""
         return f"{self.base}queue-fair:{model}"
 
+    def key_flight(self, key_id: str) -> str:
+        """zset: "<node id> <lease id>" → when granted (ms): a key's requests in flight across
+        the fleet; a member counts while its lease is live and is dropped once it is not."""
+        return f"{self.base}key-flight:{key_id}"
+
     def queue_shed(self, model: str) -> str:
         """zset: ticket → until when (ms) its waiter is told it was shed from a full queue."""
         return f"{self.base}queue-shed:{model}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError
 from llm_router.errors import StateStoreUnavailable
 from llm_router.state.keys import Keys
 from llm_router.state.multiplex import MultiplexedRedis
+from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
 
 SCRIPT_NAMES = (
     "register",
@@ -81,29 +82,6 @@ class Affinity:
 #: No affinity: no pin is read or written.
 NO_AFFINITY = Affinity()
 
-#: Priority bands run 0..9; a key without one, and every settings key, sits in the middle.
-MAX_PRIORITY = 9
-DEFAULT_PRIORITY = 5
-DEFAULT_TENANT = "default"
-MAX_WEIGHT = 1000
-
-
-@dataclass(frozen=True)
-class Tenancy:
-    """Where a request stands in the fleet-wide queue: its tenant, its priority band (higher
-    is served first) and the tenant's weight within the band."""
-
-    tenant: str = DEFAULT_TENANT
-    priority: int = DEFAULT_PRIORITY
-    weight: int = 1
-
-    def lowered(self, priority: int) -> Tenancy:
-        """The same tenancy at ``priority`` if that is lower; a request never raises it."""
-        return replace(self, priority=min(self.priority, priority))
-
-
-DEFAULT_TENANCY = Tenancy()
-
 
 @dataclass(frozen=True)
 class Granted:
@@ -129,9 +107,23 @@ class Queued:
 
 
 @dataclass(frozen=True)
+class KeyWait:
+    """The key has ``in_flight`` requests running across the fleet, its limit: this one
+    waits outside the queue (it holds no place there) until one of them ends."""
+
+    in_flight: int
+
+
+@dataclass(frozen=True)
 class Refused:
     reason: Literal[
-        "queue_full", "shed", "no_capable", "not_found", "unsupported", "response_gone"
+        "queue_full",
+        "shed",
+        "key_busy",
+        "no_capable",
+        "not_found",
+        "unsupported",
+        "response_gone",
     ]
     queue_length: int = 0
 
@@ -160,7 +152,7 @@ class Ending:
         )
 
 
-AcquireResult = Granted | Queued | Refused
+AcquireResult = Granted | Queued | KeyWait | Refused
 
 
 @dataclass(frozen=True)
@@ -351,6 +343,9 @@ class FleetScripts:
             tenancy.tenant,
             tenancy.priority,
             tenancy.weight,
+            tenancy.key_id if tenancy.max_in_flight else "",
+            tenancy.max_in_flight,
+            1 if tenancy.refuse_over_limit else 0,
             *affinity.keys,
         )
         kind = _text(result[0])
@@ -370,6 +365,10 @@ class FleetScripts:
             return Queued(position=int(result[1]), order=int(_text(result[2])))
         if kind == "queue_full":
             return Refused("queue_full", queue_length=int(result[1]))
+        if kind == "key_busy":
+            return Refused("key_busy", queue_length=int(result[1]))
+        if kind == "key_wait":
+            return KeyWait(in_flight=int(result[1]))
         if kind in ("shed", "no_capable", "not_found", "unsupported", "response_gone"):
             return Refused(kind)  # type: ignore[arg-type]
         raise RuntimeError(f"acquire script returned {result!r}")

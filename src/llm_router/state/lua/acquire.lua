@@ -19,7 +19,10 @@
 -- ARGV[13] tenant of the request's key
 -- ARGV[14] priority band, 0..9 (9 is served first)
 -- ARGV[15] the tenant's weight within its band, 1..1000
--- ARGV[16..] affinity keys, most specific first (none: no affinity)
+-- ARGV[16] key id whose requests in flight are limited fleet-wide, or ""
+-- ARGV[17] that limit (max_in_flight)
+-- ARGV[18] "1": over the limit, refuse (else wait outside the queue)
+-- ARGV[19..] affinity keys, most specific first (none: no affinity)
 -- Returns
 --   {"ok", node_id, ip_address, node_api_port, in_flight, max_concurrency, affinity, scheme,
 --    secret}
@@ -29,6 +32,7 @@
 --                                      place tag (smaller is served sooner; fixed once queued)
 --   {"queue_full", length}             no room, and nobody queued ranks below this request
 --   {"shed"}                           ARGV[4] was queued but a higher band took its place
+--   {"key_busy", n} / {"key_wait", n}  the key has n >= max_in_flight requests in flight
 --   {"no_capable"}                     known model, no node that could take it at all
 --   {"not_found"}                      no node advertised the model within forget-after
 --   {"unsupported"}                    every capable node declined this endpoint family
@@ -55,6 +59,18 @@ local function leave_queue(queued)
     redis.call('ZREM', qalive, ticket)
     -- The next in line may find a slot too (or have to give up); let its replica look.
     if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
+  end
+end
+
+-- The key's own fleet-wide limit comes before any place in the queue: a request that could
+-- not run anyway must not hold the head and block other keys.
+local limited_key, key_limit = ARGV[16] or '', tonumber(ARGV[17] or '0') or 0
+if limited_key ~= '' and key_limit > 0 then
+  local running = key_in_flight(limited_key, now)
+  if running >= key_limit then
+    leave_queue(redis.call('ZCARD', qkey))
+    if ARGV[18] == '1' then return {'key_busy', running} end
+    return {'key_wait', running}
   end
 end
 
@@ -190,6 +206,7 @@ end
 
 local function grant(c, affinity)
   redis.call('ZADD', k_leases(c.id), now + lease_ttl, lease_id)
+  if limited_key ~= '' and key_limit > 0 then key_took(limited_key, c.id, lease_id, now) end
   local inflight = c.inflight + 1
   update_scores_for(decode_list(c.f[6]), c.id, (score_of(c.f, inflight)), c.warm)
   if my_tag then
@@ -244,7 +261,7 @@ if my_turn then
   local pin_ttl, margin = tonumber(ARGV[11] or '0') or 0, tonumber(ARGV[12] or '0') or 0
   local pin_keys = {}
   if pin_ttl > 0 then
-    for i = 16, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
+    for i = 19, #ARGV do pin_keys[#pin_keys + 1] = ARGV[i] end
   end
   local choice, affinity
   if #pin_keys > 0 then

@@ -62,3 +62,28 @@ end
 local function shed_ticket(m, ticket)
   return redis.call('ZREM', k_queue_shed(m), ticket) == 1
 end
+
+-- A key's requests in flight across the fleet. key-flight:<key id> lists "node lease"
+-- pairs; each counts while its lease is live in leases:<node>, so the count ends with the
+-- leases themselves (released, or expired with a dead replica) and nobody has to remove
+-- members on release: the ones found ended are dropped here.
+local function key_in_flight(key_id, now)
+  local key = k_key_flight(key_id)
+  local running = 0
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local node, lease = string.match(member, '^(%S+) (%S+)$')
+    local deadline = node and tonumber(redis.call('ZSCORE', k_leases(node), lease) or '0') or 0
+    if deadline > now then
+      running = running + 1
+    else
+      redis.call('ZREM', key, member)
+    end
+  end
+  return running
+end
+
+-- No expiry on the key: a stream may renew its lease for longer than any fixed TTL. A key
+-- nobody uses any more keeps at most max_in_flight ended members.
+local function key_took(key_id, node, lease, now)
+  redis.call('ZADD', k_key_flight(key_id), now, node .. ' ' .. lease)
+end

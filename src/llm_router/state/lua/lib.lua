@@ -46,6 +46,7 @@ local function k_queue(m) return BASE .. 'queue:' .. m end
 local function k_queue_alive(m) return BASE .. 'queue-alive:' .. m end
 local function k_queue_fair(m) return BASE .. 'queue-fair:' .. m end
 local function k_queue_shed(m) return BASE .. 'queue-shed:' .. m end
+local function k_key_flight(key_id) return BASE .. 'key-flight:' .. key_id end
 local function k_excluded(id) return BASE .. 'excluded:' .. id end
 local function k_failures(id, m) return BASE .. 'failures:' .. id .. ':' .. m end
 local function k_events() return BASE .. 'events:capacity' end
