@@ -42,7 +42,9 @@ async def metrics(request: Request[Any, Any, Any]) -> PlainResponse[str]:
     """
     fleet = fleet_of(request)
     text = await fleet.telemetry.render(
-        leases_held=fleet.dispatcher.held, queue_waiters=fleet.events.waiting()
+        leases_held=fleet.dispatcher.held,
+        queue_waiters=fleet.events.waiting(),
+        tenant_waiters=fleet.events.waiting_by_tenant(),
     )
     return PlainResponse(text, media_type="text/plain; version=0.0.4")
 

@@ -110,7 +110,12 @@ class Observer:
         trace (nothing unless tracing is on)."""
 
     def leased(
-        self, trace: RequestTrace, node_id: str, queued_ms: float | None, affinity: str = ""
+        self,
+        trace: RequestTrace,
+        node_id: str,
+        queued_ms: float | None,
+        affinity: str = "",
+        tenant_band: tuple[str, int] = ("", 0),
     ) -> None:
         trace.attempts += 1
         trace.node = node_id
@@ -125,6 +130,10 @@ class Observer:
             self.metrics.decisions.inc("queued")
             self.metrics.queue_wait.observe(
                 queued_ms / 1000.0, self.metrics.model_label(trace.model)
+            )
+            tenant, band = tenant_band
+            self.metrics.tenant_queue_wait.observe(
+                queued_ms / 1000.0, self.metrics.tenant_label(tenant), str(band)
             )
 
     def failed_attempt(self, trace: RequestTrace, *, excluded: bool) -> None:

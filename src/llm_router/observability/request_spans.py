@@ -48,9 +48,14 @@ class TracingObserver(Observer):
         return SpannedRequest(model, request_id, span)
 
     def leased(
-        self, trace: RequestTrace, node_id: str, queued_ms: float | None, affinity: str = ""
+        self,
+        trace: RequestTrace,
+        node_id: str,
+        queued_ms: float | None,
+        affinity: str = "",
+        tenant_band: tuple[str, int] = ("", 0),
     ) -> None:
-        super().leased(trace, node_id, queued_ms, affinity)
+        super().leased(trace, node_id, queued_ms, affinity, tenant_band)
         assert isinstance(trace, SpannedRequest)
         now = time_ns()
         parent = otel.set_span_in_context(trace.span)

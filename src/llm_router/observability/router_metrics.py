@@ -16,6 +16,7 @@ from llm_router.observability.metrics import (
 #: Distinct label values kept before the rest are reported as ``other``.
 MAX_MODEL_LABELS = 64
 MAX_NODE_LABELS = 128
+MAX_TENANT_LABELS = 32
 
 #: Why a request went where it went (``llm_router_routing_decisions_total{reason}``).
 DECISION_REASONS = (
@@ -44,6 +45,7 @@ class RouterMetrics:
         self.registry = Registry()
         self.model_label = LabelCap(max_models)
         self.node_label = LabelCap(max_nodes)
+        self.tenant_label = LabelCap(MAX_TENANT_LABELS)
         r = self.registry
         self.build_info = r.gauge(
             "llm_router_build_info", "The router's version (always 1).", ["version"]
@@ -94,6 +96,17 @@ class RouterMetrics:
             "llm_router_queue_wait_seconds",
             "Time requests that had to queue waited for a free node.",
             ["model"],
+        )
+        self.tenant_queue_wait = r.histogram(
+            "llm_router_tenant_queue_wait_seconds",
+            "Time queued requests waited, by tenant (the first "
+            f"{MAX_TENANT_LABELS} seen, then other) and priority band.",
+            ["tenant", "band"],
+        )
+        self.tenant_queue_waiters = r.gauge(
+            "llm_router_tenant_queue_waiters",
+            "Requests this replica has waiting in the fleet queue, by tenant and band.",
+            ["tenant", "band"],
         )
         self.leases_held = r.gauge(
             "llm_router_leases_held", "Leases this replica holds right now (requests in flight)."

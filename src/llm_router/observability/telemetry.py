@@ -5,6 +5,7 @@ observer the proxy calls, the shared recent-decisions list and the fleet view.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +84,20 @@ class Telemetry:
         await self.recorder.stop()
         tracing.flush()
 
-    async def render(self, *, leases_held: int, queue_waiters: int) -> str:
+    async def render(
+        self,
+        *,
+        leases_held: int,
+        queue_waiters: int,
+        tenant_waiters: Mapping[tuple[str, int], int] | None = None,
+    ) -> str:
         """The Prometheus exposition of this replica, fleet-wide gauges freshly read."""
         self.metrics.leases_held.set(leases_held)
         self.metrics.queue_waiters.set(queue_waiters)
+        by_label: dict[tuple[str, str], float] = {}
+        for (tenant, band), count in (tenant_waiters or {}).items():
+            label = (self.metrics.tenant_label(tenant), str(band))
+            by_label[label] = by_label.get(label, 0) + count
+        self.metrics.tenant_queue_waiters.replace(by_label.items())
         await refresh_fleet_gauges(self.view, self.metrics)
         return self.metrics.registry.render()

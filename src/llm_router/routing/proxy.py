@@ -228,7 +228,13 @@ class Proxy:
                     if own_answer is None and last_error is None:
                         raise
                     break  # every other node is excluded, declined, busy elsewhere or gone
-                self._observer.leased(trace, lease.node_id, lease.queued_ms, lease.affinity)
+                self._observer.leased(
+                    trace,
+                    lease.node_id,
+                    lease.queued_ms,
+                    lease.affinity,
+                    (lease.tenant, lease.band),
+                )
                 self._observer.propagate(trace, out_headers)
                 try:
                     reply = await self._attempt(lease, call, out_headers, trace)
@@ -510,6 +516,9 @@ class Proxy:
         if lease.queued_ms is not None:
             headers["x-queue-status"] = "queued"
             headers["x-queue-wait-ms"] = str(round(lease.queued_ms))
+            headers["x-queue-band"] = str(lease.band)
+            if lease.queue_position:  # 0: it waited on its key's limit, not in the queue
+                headers["x-queue-position"] = str(lease.queue_position)
         if lease.affinity:
             # "moved:full" → "moved": the cause is for operators (decisions, metrics).
             headers[AFFINITY_HEADER] = lease.affinity.partition(":")[0]

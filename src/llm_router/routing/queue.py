@@ -28,6 +28,8 @@ class Waiter:
     model: str = field(compare=False)
     wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
     abandoned: bool = field(compare=False, default=False)
+    tenant: str = field(compare=False, default="")
+    band: int = field(compare=False, default=0)
 
 
 class CapacityEvents:
@@ -64,6 +66,13 @@ class CapacityEvents:
 
     def waiting(self) -> int:
         return sum(len(ws) for ws in self._waiters.values())
+
+    def waiting_by_tenant(self) -> dict[tuple[str, int], int]:
+        counts: dict[tuple[str, int], int] = defaultdict(int)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                counts[(waiter.tenant, waiter.band)] += 1
+        return dict(counts)
 
     def notify(self, model: str) -> None:
         waiters = self._waiters.get(model)

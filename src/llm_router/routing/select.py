@@ -83,6 +83,10 @@ class Lease:
     affinity: str = ""
     #: Sent to the node with the request: its credential (BRIEF §11). Never logged.
     node_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Where a request that waited first stood in the queue (1 = next), and its band.
+    queue_position: int = 0
+    band: int = 0
+    tenant: str = ""
 
 
 class Dispatcher:
@@ -144,7 +148,13 @@ class Dispatcher:
             tenancy=tenancy,
         )
 
-    def _hold(self, granted: Granted, queued_ms: float | None) -> Lease:
+    def _hold(
+        self,
+        granted: Granted,
+        queued_ms: float | None,
+        tenancy: Tenancy = DEFAULT_TENANCY,
+        position: int = 0,
+    ) -> Lease:
         lease = Lease(
             lease_id=granted.lease_id,
             node_id=granted.node_id,
@@ -152,6 +162,9 @@ class Dispatcher:
             queued_ms=queued_ms,
             affinity=granted.affinity,
             node_headers=node_credential(granted.secret),
+            queue_position=position,
+            band=tenancy.priority,
+            tenant=tenancy.tenant,
         )
         self._leases[lease.lease_id] = lease.node_id
         return lease
@@ -208,7 +221,9 @@ class Dispatcher:
         # Waiting on its key's own limit, the request holds no place in the queue: it sorts
         # after this replica's queued waiters and looks again at each poll.
         order = queued.order if isinstance(queued, Queued) else _NOT_QUEUED
-        waiter = Waiter(order=order, ticket=ticket, model=model)
+        waiter = Waiter(
+            order=order, ticket=ticket, model=model, tenant=tenancy.tenant, band=tenancy.priority
+        )
         self._events.add(waiter)
         watcher = None
         if client_gone is not None:
@@ -235,7 +250,9 @@ class Dispatcher:
                 result = await self._try(model, ticket, want, affinity, tenancy)
                 if isinstance(result, Granted):
                     granted = True
-                    return self._hold(result, (time.monotonic() - started) * 1000)
+                    waited_ms = (time.monotonic() - started) * 1000
+                    position = queued.position if isinstance(queued, Queued) else 0
+                    return self._hold(result, waited_ms, tenancy, position)
                 if isinstance(result, Refused):
                     granted = True  # the script already took the ticket out
                     raise self._refusal(model, result, want)
