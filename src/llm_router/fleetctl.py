@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,27 +100,32 @@ class FleetState:
         return rows
 
     async def queues(self) -> list[dict[str, Any]]:
-        """Per known model: queue length, age of the head ticket, tickets whose waiter died."""
+        """Per known model: queue length, how long the first in line has waited, tickets
+        whose waiter died, and the waiters per tenant and priority band."""
         known = [m for m, _ in await self.known_models()]
         now = await self.now_ms()
         pipe = self.redis.pipeline(transaction=False)
         for model in known:
             pipe.zcard(self.keys.queue(model))
-            pipe.zrange(self.keys.queue(model), 0, 0, withscores=True)
+            pipe.zrange(self.keys.queue(model), 0, 0)
             pipe.zcount(self.keys.queue_alive(model), now + 1, "+inf")
+            pipe.hgetall(self.keys.queue_info(model))
         raw = await pipe.execute() if known else []
         rows = []
         for i, model in enumerate(known):
-            length, head, alive = raw[3 * i : 3 * i + 3]
+            length, head, alive, info = raw[4 * i : 4 * i + 4]
+            waiting = _queue_info(info)
             # Arrivals are µs on the Redis clock; a ticket not renewed past its deadline
             # (or with no deadline at all) belongs to a waiter that is gone.
-            head_age_s = (now * 1000 - float(head[0][1])) / 1e6 if head else None
+            head_info = waiting.get(_text(head[0])) if head else None
+            head_age_s = (now * 1000 - head_info[2]) / 1e6 if head_info else None
             rows.append(
                 {
                     "model": model,
                     "length": int(length),
                     "head_age_s": head_age_s,
                     "dead_tickets": max(0, int(length) - int(alive)),
+                    "tenants": _by_tenant(waiting.values(), now),
                 }
             )
         return rows
@@ -258,11 +264,45 @@ def _models_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _queue_info(raw: dict[Any, Any]) -> dict[str, tuple[str, int, float]]:
+    """ticket → (tenant, band, arrival µs), skipping what does not parse."""
+    out = {}
+    for ticket, value in raw.items():
+        parts = _text(value).split(" ")
+        if len(parts) == 3 and parts[1].isdigit():
+            with contextlib.suppress(ValueError):
+                out[_text(ticket)] = (parts[0], int(parts[1]), float(parts[2]))
+    return out
+
+
+def _by_tenant(waiting: Iterable[tuple[str, int, float]], now_ms: int) -> list[dict[str, Any]]:
+    groups: dict[tuple[int, str], list[float]] = {}
+    for tenant, band, arrival in waiting:
+        groups.setdefault((band, tenant), []).append(arrival)
+    return [
+        {
+            "tenant": tenant,
+            "band": band,
+            "waiting": len(arrivals),
+            "oldest_wait_s": (now_ms * 1000 - min(arrivals)) / 1e6,
+        }
+        for (band, tenant), arrivals in sorted(groups.items(), key=lambda g: (-g[0][0], g[0][1]))
+    ]
+
+
 def _queues_table(rows: list[dict[str, Any]]) -> Table:
-    table = _table("MODEL", "LENGTH", "HEAD AGE", "DEAD TICKETS")
+    table = _table("MODEL", "LENGTH", "HEAD AGE", "DEAD TICKETS", "BY BAND/TENANT")
     for row in rows:
+        tenants = ", ".join(
+            f"{t['band']}/{t['tenant']}: {t['waiting']} ({_seconds(t['oldest_wait_s'])})"
+            for t in row["tenants"]
+        )
         table.add_row(
-            row["model"], str(row["length"]), _seconds(row["head_age_s"]), str(row["dead_tickets"])
+            row["model"],
+            str(row["length"]),
+            _seconds(row["head_age_s"]),
+            str(row["dead_tickets"]),
+            tenants or "-",
         )
     return table
 

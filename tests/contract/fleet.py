@@ -130,6 +130,7 @@ class Fleet:
             response_id=response_id,
             affinity=affinity,
             avoid=avoid,
+            tenancy=tenancy,
         )
 
     async def lease(self, model: str, *, lease_ttl_ms: int = 30_000, **kw: Any) -> Lease:

@@ -74,6 +74,7 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
             keys.queue_alive(model),
             keys.queue_fair(model),
             keys.queue_shed(model),
+            keys.queue_info(model),
         }
     return out
 

@@ -182,10 +182,17 @@ async def test_queues_show_length_head_age_and_dead_tickets(fleet: Fleet, run: A
     assert queues["m1"]["length"] == 2
     assert queues["m1"]["dead_tickets"] == 1
     assert queues["m1"]["head_age_s"] >= 0.15
-    assert queues["idle"] == {"model": "idle", "length": 0, "head_age_s": None, "dead_tickets": 0}
+    assert queues["idle"] == {
+        "model": "idle", "length": 0, "head_age_s": None, "dead_tickets": 0, "tenants": []
+    }  # fmt: skip
+    # Both waiters are the default tenant in the middle band (the dead one is still listed
+    # until an acquire prunes it).
+    (group,) = queues["m1"]["tenants"]
+    assert (group["tenant"], group["band"], group["waiting"]) == ("default", 5, 2)
+    assert group["oldest_wait_s"] >= 0.15
 
     status, out, _ = await run("queues")
-    assert status == 0 and "m1" in out and "DEAD TICKETS" in out
+    assert status == 0 and "m1" in out and "DEAD TICKETS" in out and "5/default: 2" in out
 
 
 async def test_drain_undrain_forget_by_machine_name_or_index(fleet: Fleet, run: Any) -> None:

@@ -101,6 +101,11 @@ class Keys:
         the fleet; a member counts while its lease is live and is dropped once it is not."""
         return f"{self.base}key-flight:{key_id}"
 
+    def queue_info(self, model: str) -> str:
+        """hash: ticket → "<tenant> <band> <arrival µs>" of each queued ticket, for operators
+        (``llm-router fleet queues``); routing never reads it."""
+        return f"{self.base}queue-info:{model}"
+
     def queue_shed(self, model: str) -> str:
         """zset: ticket → until when (ms) its waiter is told it was shed from a full queue."""
         return f"{self.base}queue-shed:{model}"

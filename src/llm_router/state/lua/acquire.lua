@@ -57,6 +57,7 @@ local my_tag, my_start = nil, nil
 local function leave_queue(queued)
   if queued > 0 and redis.call('ZREM', qkey, ticket) == 1 then
     redis.call('ZREM', qalive, ticket)
+    redis.call('HDEL', k_queue_info(model), ticket)
     -- The next in line may find a slot too (or have to give up); let its replica look.
     if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
   end
@@ -93,6 +94,7 @@ local function prune_dead_tickets()
   if #dead > 0 then
     redis.call('ZREM', qalive, unpack(dead))
     redis.call('ZREM', qkey, unpack(dead))
+    redis.call('HDEL', k_queue_info(model), unpack(dead))
   end
 end
 
@@ -286,6 +288,9 @@ if not my_turn or any_capable then
     end
     fair_enqueue(model, tenant, band, weight, my_start)
     redis.call('ZADD', qkey, string.format('%.0f', my_tag), ticket)
+    -- For operators (llm-router fleet queues): who waits, in which band, since when.
+    redis.call('HSET', k_queue_info(model), ticket,
+      tenant .. ' ' .. band .. ' ' .. string.format('%.0f', now_us()))
   end
   redis.call('ZADD', qalive, now + ticket_ttl, ticket)
   return {'queued', redis.call('ZRANK', qkey, ticket) + 1, string.format('%.0f', my_tag)}

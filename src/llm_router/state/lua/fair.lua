@@ -43,7 +43,7 @@ local function fair_served(m, tag)
 end
 
 local function fair_reset(m)
-  redis.call('DEL', k_queue_fair(m))
+  redis.call('DEL', k_queue_fair(m), k_queue_info(m))
 end
 
 -- The queue is full. If its last ticket (the lowest band's last to be served) is in a
@@ -54,6 +54,7 @@ local function shed_below(m, tag, now, ticket_ttl)
   if #last == 0 or band_of(tonumber(last[2])) >= band_of(tag) then return false end
   redis.call('ZREM', k_queue(m), last[1])
   redis.call('ZREM', k_queue_alive(m), last[1])
+  redis.call('HDEL', k_queue_info(m), last[1])
   cool_down(k_queue_shed(m), last[1], now + ticket_ttl, now)
   return true
 end

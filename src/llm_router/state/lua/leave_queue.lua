@@ -9,6 +9,7 @@ local qkey = k_queue(ARGV[1])
 local was_head = redis.call('ZRANGE', qkey, 0, 0)[1] == ARGV[2]
 local removed = redis.call('ZREM', qkey, ARGV[2])
 redis.call('ZREM', k_queue_alive(ARGV[1]), ARGV[2])
+redis.call('HDEL', k_queue_info(ARGV[1]), ARGV[2])
 if was_head and redis.call('ZCARD', qkey) > 0 then
   redis.call('PUBLISH', k_events(), ARGV[1])
 end

@@ -46,6 +46,7 @@ local function k_queue(m) return BASE .. 'queue:' .. m end
 local function k_queue_alive(m) return BASE .. 'queue-alive:' .. m end
 local function k_queue_fair(m) return BASE .. 'queue-fair:' .. m end
 local function k_queue_shed(m) return BASE .. 'queue-shed:' .. m end
+local function k_queue_info(m) return BASE .. 'queue-info:' .. m end
 local function k_key_flight(key_id) return BASE .. 'key-flight:' .. key_id end
 local function k_excluded(id) return BASE .. 'excluded:' .. id end
 local function k_failures(id, m) return BASE .. 'failures:' .. id .. ':' .. m end
@@ -301,7 +302,7 @@ local function forget_node(id)
       redis.call('ZREM', k_known(), m)
       redis.call('HDEL', k_created(), m)
       redis.call('DEL', k_model_load(m), k_model_rr(m), k_queue(m), k_queue_alive(m),
-        k_queue_fair(m), k_queue_shed(m))
+        k_queue_fair(m), k_queue_shed(m), k_queue_info(m))
     end
   end
   models_changed()
