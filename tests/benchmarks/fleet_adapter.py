@@ -13,7 +13,17 @@ from typing import Any
 from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
-from llm_router.state.scripts import NO_AFFINITY, Affinity, FleetScripts, Granted
+from llm_router.state.scripts import (
+    NO_AFFINITY,
+    AcquireResult,
+    Affinity,
+    FleetScripts,
+    Granted,
+    Queued,
+)
+from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
+
+__all__ = ["Affinity", "Fleet", "Granted", "Queued", "Tenancy"]
 
 ALIVE_TTL_MS = 3_600_000
 FORGET_MS = 86_400_000
@@ -69,6 +79,21 @@ class Fleet:
             affinity=affinity,
         )
         return (result.node_id, lease) if isinstance(result, Granted) else None
+
+    async def ask(
+        self, model: str, ticket: str, tenancy: Tenancy = DEFAULT_TENANCY, lease: str = ""
+    ) -> AcquireResult:
+        """One acquire call for ``ticket`` (queued or not), its result as the script gave it."""
+        return await self.scripts.acquire(
+            model=model,
+            lease_id=lease or uuid.uuid4().hex,
+            lease_ttl_ms=LEASE_TTL_MS,
+            ticket=ticket,
+            queue_max=100_000,
+            ticket_ttl_ms=600_000,
+            forget_ms=FORGET_MS,
+            tenancy=tenancy,
+        )
 
     async def release(self, node_id: str, lease: str) -> None:
         await self.scripts.release(node_id=node_id, lease_id=lease)

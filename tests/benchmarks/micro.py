@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from tests.benchmarks.fleet_adapter import Affinity, Fleet
+from tests.benchmarks.fleet_adapter import Affinity, Fleet, Granted, Queued, Tenancy
 from tests.benchmarks.loadgen import percentile
 
 MODEL = "bench-model"
@@ -225,6 +226,72 @@ async def affinity_cost(
     return rows
 
 
+async def _queue_row(redis: Redis, tenants: int, waiting: int, hand_offs: int) -> dict[str, Any]:
+    await redis.flushall()
+    fleet = Fleet(redis)
+    await _populate(fleet, 1, lambda _i: [MODEL], 1)
+    holder = await fleet.ask(MODEL, uuid.uuid4().hex)
+    assert isinstance(holder, Granted)
+    who = [Tenancy(f"t{k}", 5, 1 + k % 3) for k in range(tenants)]
+    order: dict[str, tuple[int, Tenancy]] = {}
+
+    async def join(i: int) -> None:
+        ticket = f"w{i:07d}"
+        got = await fleet.ask(MODEL, ticket, who[i % tenants])
+        assert isinstance(got, Queued), got
+        order[ticket] = (got.order, who[i % tenants])
+
+    joined = await measure(redis, join, calls=waiting, budget_s=60)
+    held = (holder.node_id, holder.lease_id)
+    latencies: list[float] = []
+    await redis.config_resetstat()
+    for _ in range(min(hand_offs, len(order))):
+        head = min(order, key=lambda t: (order[t][0], t))
+        start = time.perf_counter()
+        await fleet.release(*held)
+        got = await fleet.ask(MODEL, head, order.pop(head)[1])
+        latencies.append((time.perf_counter() - start) * 1e6)
+        assert isinstance(got, Granted), got
+        held = (got.node_id, got.lease_id)
+    calls, usec = (await commandstats(redis)).get("evalsha", (0, 0.0))
+    return {
+        "tenants": tenants,
+        "queued": waiting,
+        "join_server_us": joined.server_us,
+        # Release and acquire are both EVALSHA; the pair's server time per hand-off.
+        "hand_off_server_us": usec / (calls / 2) if calls else float("nan"),
+        "hand_off_p50_us": statistics.median(latencies),
+        "hand_off_p99_us": percentile(latencies, 99),
+    }
+
+
+async def queue_cost(
+    redis: Redis, tenant_counts: list[int], waiting: int, hand_offs: int
+) -> list[dict[str, Any]]:
+    """The queue with 1, 10 or 100 tenants waiting (``waiting`` tickets in all) on a node
+    whose one slot is taken: server µs of an arrival joining the queue, of a hand-off
+    (release, then the head's acquire), and the hand-off's client p50/p99. The first row is
+    the common path: nothing queued, a free slot (acquire server µs)."""
+    await redis.flushall()
+    fleet = Fleet(redis)
+    await _populate(fleet, 1, lambda _i: [MODEL], 1)
+
+    async def free(_i: int) -> None:
+        got = await fleet.ask(MODEL, uuid.uuid4().hex)
+        assert isinstance(got, Granted), got
+        await fleet.release(got.node_id, got.lease_id)
+
+    common = await measure(redis, free, calls=hand_offs, budget_s=30)
+    rows: list[dict[str, Any]] = [
+        {"tenants": 0, "queued": 0, "free_slot_pair_server_us": common.server_us * 2}
+    ]
+    for tenants in tenant_counts:
+        rows.append(await _queue_row(redis, tenants, waiting, hand_offs))
+    for row in rows:
+        print(f"  queue {row}", flush=True)
+    return rows
+
+
 async def memory_per_node(
     redis: Redis, nodes: int, models_per_node: int = 20, pool: int = 100
 ) -> dict[str, Any]:
@@ -274,6 +341,7 @@ async def run_micro(
         result: dict[str, Any] = {}
         result["selection"] = await selection_cost(redis, sizes, calls, budget_s)
         result["affinity"] = await affinity_cost(redis, 100, calls, budget_s)
+        result["queue"] = await queue_cost(redis, [1, 10, 100], 300, 200)
         result["heartbeat"] = await heartbeat_cost(redis, 1000, calls, budget_s)
         print(f"  heartbeat script: {result['heartbeat']['server_us']:.1f} µs server", flush=True)
         result["memory"] = await memory_per_node(redis, memory_nodes)
