@@ -6,7 +6,9 @@ of replicas dying (they stop renewing; their leases and tickets must expire on t
 After every step: no node holds more live leases than its ``max_concurrency``; a waiter is
 served only when it is first in the fair order among the live waiters (smallest place tag;
 Redis breaks ties by ticket); a fresh arrival overtakes no waiter of a higher band; no
-ticket is served twice; and at the end, with everyone gone, nothing is left held or queued.
+ticket is served twice; a key with ``max_in_flight`` never has more live leases than that
+across the replicas (dead ones included until their leases expire); and at the end, with
+everyone gone, nothing is left held or queued.
 
 ``LLM_ROUTER_PROPERTY_EXAMPLES`` (default 12) sets how many random histories are tried.
 """
@@ -36,13 +38,21 @@ from redis.asyncio import Redis
 from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry, RegistryConfig
-from llm_router.state.scripts import FleetScripts, Granted, Queued
+from llm_router.state.scripts import FleetScripts, Granted, KeyWait, Queued
 from llm_router.tenancy import Tenancy
 
 MODEL = "prop-model"
 TTL_MS = 300  # leases and tickets of a replica that stops renewing die this fast
 _serial = itertools.count()
-TENANTS = [Tenancy("a", 5, 1), Tenancy("b", 5, 3), Tenancy("c", 7, 1), Tenancy("d", 2, 2)]
+LIMITED = Tenancy("e", 5, 1, key_id="key-e", max_in_flight=2)
+TENANTS = [
+    Tenancy("a", 5, 1),
+    Tenancy("b", 5, 3),
+    Tenancy("c", 7, 1),
+    Tenancy("d", 2, 2),
+    LIMITED,
+    LIMITED,
+]
 
 
 @dataclass
@@ -119,7 +129,7 @@ class LeaseMachine(RuleBasedStateMachine):
         seconds, micros = self.run(self.redis.time())
         return int(seconds) * 1000 + int(micros) // 1000
 
-    def acquire(self, ticket: str, tenancy: Tenancy = TENANTS[0]) -> Granted | Queued:
+    def acquire(self, ticket: str, tenancy: Tenancy = TENANTS[0]) -> Granted | Queued | KeyWait:
         result = self.run(
             self.scripts.acquire(
                 model=MODEL,
@@ -132,7 +142,9 @@ class LeaseMachine(RuleBasedStateMachine):
                 tenancy=tenancy,
             )
         )
-        assert isinstance(result, Granted | Queued), result
+        assert isinstance(result, Granted | Queued | KeyWait), result
+        if isinstance(result, KeyWait):
+            assert tenancy.max_in_flight and result.in_flight >= tenancy.max_in_flight
         if isinstance(result, Granted):
             assert ticket not in self.served, "a ticket was served twice"
             self.served.add(ticket)
@@ -156,7 +168,7 @@ class LeaseMachine(RuleBasedStateMachine):
         if isinstance(result, Granted):
             assert who.priority >= best_band, "a fresh arrival overtook a higher band"
             replica.leases[result.lease_id] = result.node_id
-        else:
+        elif isinstance(result, Queued):
             replica.waiting[ticket] = (result.order, ticket)
             replica.tenancy[ticket] = who
 
@@ -173,6 +185,8 @@ class LeaseMachine(RuleBasedStateMachine):
             assert place == first, "a waiter was served before one ahead of it in fair order"
             del replica.waiting[ticket]
             replica.leases[result.lease_id] = result.node_id
+        elif isinstance(result, KeyWait):
+            del replica.waiting[ticket]  # it stepped out of the queue to wait on its key
 
     @precondition(lambda self: any(r.leases for r in self.replicas))
     @rule(data=st.data())
@@ -217,6 +231,16 @@ class LeaseMachine(RuleBasedStateMachine):
 
     def live_leases(self, node: str) -> int:
         return int(self.run(self.redis.zcount(self.keys.leases(node), self.now_ms(), "+inf")))
+
+    @invariant()
+    def no_key_exceeds_its_limit_across_replicas(self) -> None:
+        now_ms = self.now_ms()
+        live = 0
+        for member in self.run(self.redis.zrange(self.keys.key_flight(LIMITED.key_id), 0, -1)):
+            node, lease = member.decode().split(" ")
+            score = self.run(self.redis.zscore(self.keys.leases(node), lease))
+            live += score is not None and score > now_ms
+        assert live <= LIMITED.max_in_flight, live
 
     @invariant()
     def no_node_is_overfilled(self) -> None:
