@@ -21,7 +21,7 @@ for _, m in ipairs(models) do
     redis.call('ZREM', k_known(), m)
     redis.call('HDEL', k_created(), m)
     redis.call('DEL', k_model_nodes(m), k_model_load(m), k_model_rr(m), k_queue(m),
-      k_queue_alive(m))
+      k_queue_alive(m), k_queue_fair(m), k_queue_shed(m), k_queue_info(m))
   end
 end
 return {#stale, #models}
