@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from integration.conftest import open_cluster
-from integration.probes import chat_body
+from integration.probes import chat_body, error_of
 from integration.procs import Cluster, Router
 from llm_router.auth import ManagedKey, Scope
 from llm_router.security.managed_keys import ManagedKeyStore
@@ -64,6 +64,8 @@ async def _make_keys(redis_url: str, prefix: str) -> dict[str, str]:
         ]:
             queueing = ManagedKey(Scope.API, "", 0, tenant=tenant, priority=priority, weight=weight)
             made[label], _ = await store.create(Scope.API, name=label, queueing=queueing)
+        one_at_a_time = ManagedKey(Scope.API, "", 0, max_in_flight=1, refuse_over_limit=True)
+        made["single"], _ = await store.create(Scope.API, name="single", queueing=one_at_a_time)
         return made
     finally:
         await redis.aclose()
@@ -210,3 +212,35 @@ async def test_a_replica_killed_holding_tickets_of_both_tenants_blocks_neither(
     await asyncio.gather(*holders)
     outcomes = await asyncio.gather(*doomed, return_exceptions=True)
     assert all(isinstance(o, httpx.HTTPError) for o in outcomes), outcomes
+
+
+async def test_a_bad_priority_header_is_a_400_naming_it(
+    fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    reply = await post(http, fleet.routers[0], fleet.key["a"], **{"x-llm-router-priority": "x"})
+    assert reply.status_code == 400
+    assert error_of(reply)["param"] == "x-llm-router-priority"
+
+
+async def test_max_in_flight_refuses_across_replicas(fleet: Fleet, http: httpx.AsyncClient) -> None:
+    await fleet.warm_up(http)
+    key = fleet.key["single"]
+    # One request of the key runs (on replica 0); the next, on replica 1, is over the
+    # key's fleet-wide limit of one and the key says refuse.
+    running = asyncio.ensure_future(post(http, fleet.routers[0], key, tokens=80))
+    for _ in range(200):
+        second = await post(http, fleet.routers[1], key)
+        if second.status_code == 429:
+            break
+        await asyncio.sleep(0.01)  # the first had not taken its slot yet
+    assert second.status_code == 429, second.text
+    assert error_of(second)["code"] == "key_in_flight_limit"
+    assert "retry-after" in second.headers
+    assert (await running).status_code == 200
+    # Its slot comes back once replica 0's release (sent after the reply) reaches Redis.
+    for _ in range(200):
+        again = await post(http, fleet.routers[1], key)
+        if again.status_code != 429:
+            break
+        await asyncio.sleep(0.01)
+    assert again.status_code == 200, again.text
