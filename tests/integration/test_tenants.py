@@ -225,18 +225,24 @@ async def test_a_bad_priority_header_is_a_400_naming_it(
 async def test_max_in_flight_refuses_across_replicas(fleet: Fleet, http: httpx.AsyncClient) -> None:
     await fleet.warm_up(http)
     key = fleet.key["single"]
-    # One request of the key runs (on replica 0); the next, on replica 1, is over the
-    # key's fleet-wide limit of one and the key says refuse.
-    running = asyncio.ensure_future(post(http, fleet.routers[0], key, tokens=80))
-    for _ in range(200):
+    # One request of the key runs (a stream on replica 0, its first bytes read, so it
+    # surely holds its slot); the next, on replica 1, is over the key's fleet-wide limit of
+    # one and the key says refuse.
+    async with http.stream(
+        "POST",
+        f"{fleet.routers[0].api_base}/chat/completions",
+        json=chat_body(MODEL, max_tokens=80, stream=True),
+        headers={"authorization": f"Bearer {key}"},
+    ) as running:
+        assert running.status_code == 200
+        chunks = running.aiter_bytes()
+        await chunks.__anext__()
         second = await post(http, fleet.routers[1], key)
-        if second.status_code == 429:
-            break
-        await asyncio.sleep(0.01)  # the first had not taken its slot yet
-    assert second.status_code == 429, second.text
-    assert error_of(second)["code"] == "key_in_flight_limit"
-    assert "retry-after" in second.headers
-    assert (await running).status_code == 200
+        assert second.status_code == 429, second.text
+        assert error_of(second)["code"] == "key_in_flight_limit"
+        assert "retry-after" in second.headers
+        async for _ in chunks:
+            pass
     # Its slot comes back once replica 0's release (sent after the reply) reaches Redis.
     for _ in range(200):
         again = await post(http, fleet.routers[1], key)
