@@ -148,8 +148,17 @@ async def test_fleet_cli_reads_queue_and_leases_on_the_cluster(
     held, waited, _, observed = await hold_and_queue(http, fleet, hold_s=1.5, during=during)
     assert held.status_code == waited.status_code == 200
     queues, leases = observed
-    assert queues == [{"model": MODEL, "length": 1, "head_age_s": queues[0]["head_age_s"],
-                       "dead_tickets": 0}]  # fmt: skip
+    (queue,) = queues
+    age = queue["head_age_s"]
+    assert queue == {
+        "model": MODEL,
+        "length": 1,
+        "head_age_s": age,
+        "dead_tickets": 0,
+        # The one waiter, by band and tenant: the open fleet's default tenancy.
+        "tenants": [{"band": 5, "tenant": "default", "waiting": 1, "oldest_wait_s": age}],
+    }
+    assert age > 0
     (lease,) = leases
     assert lease["node_id"] == fleet.node_id
     assert (lease["in_flight"], lease["max_concurrency"], lease["expired_unpruned"]) == (1, 1, 0)
