@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from deploy.topologies import ClusterTopology, SentinelTopology, Server
 from integration.procs import wait_until
@@ -170,13 +171,27 @@ async def lands_on(fast: MultiplexedRedis, sha: str, server: Server, label: str)
         raise ConnectionError(f"the calls did not reach port {server.port} yet")
 
 
+def _ask_failover(topology: SentinelTopology) -> bool:
+    """Ask for a manual failover; False while the sentinel knows no replica fit to promote
+    (its view of a fresh replica's link lags by up to a few seconds)."""
+    try:
+        topology.sentinel.client().sentinel_failover(topology.service)
+    except ResponseError as exc:
+        if "NOGOODSLAVE" not in str(exc):
+            raise
+        return False
+    return True
+
+
 async def test_sentinel_calls_follow_a_manual_failover(redis_sentinel: SentinelTopology) -> None:
     sha = load(redis_sentinel.servers[:2])
     old = redis_sentinel.primary
     async with shared(redis_sentinel.url) as fast:
         await in_step(fast, sha, "{s}:k", "before")
         assert has_link(old)
-        redis_sentinel.sentinel.client().sentinel_failover(redis_sentinel.service)
+        wait_until(
+            lambda: _ask_failover(redis_sentinel), 20.0, "a replica fit to promote", interval_s=0.5
+        )
         wait_until(lambda: redis_sentinel.current_primary_port() != old.port, 20.0, "the promotion")
         new = redis_sentinel.replica
         wait_until(lambda: new.client().role()[0] == "master", 20.0, "the replica to lead")
