@@ -143,6 +143,16 @@ class RuntimeAdapter(Protocol):
 # --- shared parsers --------------------------------------------------------------------
 
 
+async def health_problem(http: RuntimeHttp) -> RuntimeReport | None:
+    """The report for a runtime whose ``GET /health`` is not 200 (503: still loading), or None
+    when it is healthy. vLLM and SGLang answer it the same way."""
+    health = await http.status_of("/health")
+    if health == 200:
+        return None
+    status = RuntimeStatus.LOADING if health == 503 else RuntimeStatus.UNREACHABLE
+    return RuntimeReport(status, f"{http.base_url}/health answered {health}")
+
+
 def openai_model_ids(data: Any) -> list[str] | None:
     """``data[].id`` of an OpenAI ``/v1/models`` listing; None when it is not one."""
     items = data.get("data") if isinstance(data, dict) else None

@@ -17,6 +17,7 @@ from llm_router.node.runtimes.base import (
     RuntimeProblem,
     RuntimeReport,
     RuntimeStatus,
+    health_problem,
     openai_specs,
     positive_int,
     prometheus_values,
@@ -69,10 +70,9 @@ class SglangAdapter:
 
     async def read(self, http: RuntimeHttp) -> RuntimeReport:
         try:
-            health = await http.status_of("/health")
-            if health != 200:
-                status = RuntimeStatus.LOADING if health == 503 else RuntimeStatus.UNREACHABLE
-                return RuntimeReport(status, f"{http.base_url}/health answered {health}")
+            problem = await health_problem(http)
+            if problem is not None:
+                return problem
             specs = openai_specs(await http.get("/v1/models"))
             info = await _server_info(http)
             values = prometheus_values(await http.get_text("/metrics"), METRICS)

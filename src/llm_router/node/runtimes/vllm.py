@@ -19,6 +19,7 @@ from llm_router.node.runtimes.base import (
     RuntimeProblem,
     RuntimeReport,
     RuntimeStatus,
+    health_problem,
     openai_specs,
     prometheus_values,
     runtime_load,
@@ -46,10 +47,9 @@ class VllmAdapter:
 
     async def read(self, http: RuntimeHttp) -> RuntimeReport:
         try:
-            health = await http.status_of("/health")
-            if health != 200:
-                status = RuntimeStatus.LOADING if health == 503 else RuntimeStatus.UNREACHABLE
-                return RuntimeReport(status, f"{http.base_url}/health answered {health}")
+            problem = await health_problem(http)
+            if problem is not None:
+                return problem
             specs = openai_specs(await http.get("/v1/models"))
             version = version_of(await http.get("/version", optional=True))
             values = prometheus_values(await http.get_text("/metrics"), METRICS)
