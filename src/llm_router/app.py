@@ -59,8 +59,11 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return Response(body, status_code=500)
 
 
-def create_app(settings: RouterSettings, *, store: Store | None = None) -> Litestar:
-    fleet = Fleet.build(settings, store)
+def create_app(
+    settings: RouterSettings, *, store: Store | None = None, worker: int | None = None
+) -> Litestar:
+    """The app of one replica; ``worker`` numbers it among ``serve --workers`` processes."""
+    fleet = Fleet.build(settings, store, worker=worker)
     guard = Guard.build(settings, fleet.store.redis, fleet.keys, fleet.keyring, fleet.scripts)
 
     @asynccontextmanager

@@ -79,7 +79,7 @@ def store_settings(redis_url: str | None, key_prefix: str | None) -> RouterSetti
     return RouterSettings(**overrides)
 
 
-def _setup_logging(settings: Any, service_name: str) -> None:
+def setup_logging_and_tracing(settings: Any, service_name: str) -> None:
     """Logging, then tracing (when the OTEL_* variables ask for it) for this process."""
     from llm_router.observability import tracing
     from llm_router.observability.logs import setup_logging
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llm_router.serve import serve
 
     settings: RouterSettings = settings_from_args(RouterSettings, args)
-    _setup_logging(settings, "llm-router")
+    setup_logging_and_tracing(settings, "llm-router")
     return serve(settings)
 
 
@@ -113,12 +113,12 @@ def _run_agent(args: argparse.Namespace, *, simulated: bool) -> int:
             from llm_router.sim.node import run_sim_node
 
             sim_settings: SimNodeSettings = settings_from_args(SimNodeSettings, args)
-            _setup_logging(sim_settings, "llm-router-node")
+            setup_logging_and_tracing(sim_settings, "llm-router-node")
             return asyncio.run(run_sim_node(sim_settings))
         from llm_router.node.agent import run_node
 
         settings: NodeSettings = settings_from_args(NodeSettings, args)
-        _setup_logging(settings, "llm-router-node")
+        setup_logging_and_tracing(settings, "llm-router-node")
         return asyncio.run(run_node(settings))
     except CatalogError as exc:
         sys.stderr.write(f"llm-router {args.command}: {exc}\n")

@@ -52,7 +52,9 @@ class Fleet:
     _janitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, settings: RouterSettings, store: Store | None = None) -> Fleet:
+    def build(
+        cls, settings: RouterSettings, store: Store | None = None, *, worker: int | None = None
+    ) -> Fleet:
         store = store or open_store(settings.redis_url, timeout_s=settings.redis_socket_timeout_s)
         keys = Keys(settings.key_prefix)
         metrics = RouterMetrics()
@@ -68,7 +70,7 @@ class Fleet:
                 default_max_concurrency=settings.default_max_concurrency,
             ),
         )
-        telemetry = Telemetry.build(settings, store.redis, keys, registry, metrics)
+        telemetry = Telemetry.build(settings, store.redis, keys, registry, metrics, worker)
         events = CapacityEvents(store.pubsub_client(), keys.events)
         dispatcher = Dispatcher(
             scripts,

@@ -1,12 +1,17 @@
-"""Run one router replica on uvicorn (uvloop + httptools)."""
+"""Run the router on uvicorn (uvloop + httptools): one replica in this process, or
+``--workers N`` replicas in worker processes on one port (see ``workers``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 import sys
 from types import FrameType
 
 import uvicorn
+from litestar import Litestar
 
 from llm_router.app import create_app
 from llm_router.auth import startup_problems
@@ -15,7 +20,8 @@ from llm_router.fleet import Fleet
 from llm_router.observability.logs import UVICORN_LOG_CONFIG
 from llm_router.routing.node_hop import NodeTLSConfigError, node_ssl_context
 from llm_router.settings import RouterSettings
-from llm_router.state.connect import StoreUrlError
+from llm_router.state.connect import StoreUrlError, open_store
+from llm_router.workers import Supervisor, bind, stop_with_parent
 
 log = logging.getLogger("llm_router")
 
@@ -36,9 +42,15 @@ class _RouterServer(uvicorn.Server):
     holding the shutdown for up to the queue timeout, and makes /readyz fail.
     """
 
-    def __init__(self, config: uvicorn.Config, fleet: Fleet) -> None:
+    def __init__(self, config: uvicorn.Config, fleet: Fleet, serving: str = "") -> None:
         super().__init__(config)
         self._fleet = fleet
+        self._serving = serving
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._serving:
+            log.info("%s", self._serving)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._fleet.begin_shutdown()
@@ -51,6 +63,8 @@ def serve(settings: RouterSettings) -> int:
         node_ssl_context(settings)
     except NodeTLSConfigError as exc:
         problems.append(str(exc))
+    if settings.workers > 1 and settings.embedded:
+        problems.append(_EMBEDDED_WORKERS)
     if problems:
         for problem in problems:
             log.error("llm-router: refusing to start: %s", problem)
@@ -59,6 +73,19 @@ def serve(settings: RouterSettings) -> int:
         log.warning(_EMBEDDED_BANNER)
     elif settings.auth_disabled:
         log.warning("AUTHENTICATION IS DISABLED: any client may register nodes and administer")
+    if settings.workers == 1:
+        return _serve_in_this_process(settings)
+    return _serve_with_workers(settings)
+
+
+_EMBEDDED_WORKERS = (
+    "workers > 1 needs a Redis URL (LLM_ROUTER_REDIS_URL): the embedded store lives inside "
+    "one process, so each worker would hold a fleet of its own and nodes, leases and queues "
+    "would not be shared"
+)
+
+
+def _serve_in_this_process(settings: RouterSettings) -> int:
     try:
         app = create_app(settings)
     except StoreUrlError as exc:
@@ -66,7 +93,43 @@ def serve(settings: RouterSettings) -> int:
         return 2
     # The description never carries a credential (see state.connect.redact_url).
     log.info("state store: %s", app.state.fleet.store.description)
-    config = uvicorn.Config(
+    log.info("serving on %s:%d with 1 worker process", settings.host, settings.port)
+    _RouterServer(_uvicorn_config(settings, app), app.state.fleet).run()
+    return 0
+
+
+def _serve_with_workers(settings: RouterSettings) -> int:
+    """The supervisor: checks what every worker would fail on, binds, starts the workers."""
+    try:
+        store = open_store(settings.redis_url, timeout_s=settings.redis_socket_timeout_s)
+    except StoreUrlError as exc:
+        sys.stderr.write(f"llm-router: refusing to start: {exc}\n")
+        return 2
+    asyncio.run(store.close())  # never connected: the parent holds no Redis connection
+    log.info("state store: %s", store.description)
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        log.error("llm-router: cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+    with sock:
+        return Supervisor(settings, sock, run_worker).run()
+
+
+def run_worker(settings: RouterSettings, index: int, sock: socket.socket) -> None:
+    """One worker process: a whole replica serving the socket its supervisor bound."""
+    from llm_router.cli import setup_logging_and_tracing
+
+    setup_logging_and_tracing(settings, "llm-router")
+    stop_with_parent()
+    app = create_app(settings, worker=index)
+    fleet: Fleet = app.state.fleet
+    serving = f"worker {index}: pid {os.getpid()}, replica {fleet.telemetry.replica}, serving"
+    _RouterServer(_uvicorn_config(settings, app), fleet, serving).run(sockets=[sock])
+
+
+def _uvicorn_config(settings: RouterSettings, app: Litestar) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -88,5 +151,3 @@ def serve(settings: RouterSettings) -> int:
         timeout_graceful_shutdown=round(settings.shutdown_timeout_s),
         server_header=False,
     )
-    _RouterServer(config, app.state.fleet).run()
-    return 0

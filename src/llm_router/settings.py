@@ -59,6 +59,13 @@ class RouterSettings(BaseSettings):
     key_prefix: str = Field(default="llmr", description="fleet prefix, kept inside a hash tag")
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8080, ge=1, le=65535, description="port to listen on")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="processes serving this port, each a full replica (one per core the "
+        "replica is given; more than 1 needs a Redis URL)",
+    )
 
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
     node_timeout_s: float = Field(default=10.0, gt=0, le=86400)

@@ -21,8 +21,11 @@ from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry
 
 
-def replica_name(settings: RouterSettings) -> str:
-    return f"{socket.gethostname()}:{settings.port}"
+def replica_name(settings: RouterSettings, worker: int | None = None) -> str:
+    """How logs and the decision list name this replica; ``serve --workers N`` runs N
+    replicas on one host and port, told apart by their worker number."""
+    name = f"{socket.gethostname()}:{settings.port}"
+    return name if worker is None else f"{name}/w{worker}"
 
 
 def _observer(
@@ -59,8 +62,9 @@ class Telemetry:
         keys: Keys,
         registry: NodeRegistry,
         metrics: RouterMetrics,
+        worker: int | None = None,
     ) -> Telemetry:
-        replica = replica_name(settings)
+        replica = replica_name(settings, worker)
         decisions = DecisionLog(redis, keys.decisions, metrics.decisions_dropped)
         access = AccessLog(access_logger(), replica) if settings.access_log else None
         view = FleetView(redis, keys, registry, forget_ms=int(settings.node_forget_s * 1000))
