@@ -55,6 +55,11 @@ class _RouterServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._fleet.begin_shutdown()
         super().handle_exit(sig, frame)
+        # uvicorn raises a caught signal again once it has shut down, so the process would
+        # die by it (143) after a clean drain; a drained replica exits 0 instead.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
 
 
 def serve(settings: RouterSettings) -> int:

@@ -189,8 +189,8 @@ class Supervisor:
         return 0 if clean else 1
 
 
-#: How a drained worker ends: uvicorn raises the signal it caught again once it has
-#: finished, so a worker that drained cleanly dies "by" SIGTERM or SIGINT.
+#: How a stopped worker ends: 0 once drained, or by the signal itself when it came before
+#: the worker had installed its handlers (it was still starting and held nothing).
 _DRAINED = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
 
 

@@ -326,6 +326,14 @@ async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(
     assert_all_gone(router)
 
 
+def test_sigterm_to_a_single_process_replica_exits_0(fleet: Fleet) -> None:
+    router = fleet.cluster.start_router(workers=1, log_level="info")
+    fleet.cluster.wait_ready(router, timeout_s=START_S)
+    assert "with 1 worker process" in router.proc.log_path.read_text()
+    router.proc.process.send_signal(signal.SIGTERM)
+    assert router.proc.process.wait(30) == 0, router.proc.log_tail()
+
+
 def assert_all_gone(router: Router) -> None:
     """No worker outlives its parent, and nothing listens on the port any more."""
     assert not _any_alive(router)
