@@ -184,6 +184,47 @@ def peers_table(results: dict[str, Any], levels: list[int]) -> str:
     return "**llm-router (one replica) against each peer**\n\n" + _table(header, rows)
 
 
+#: ``serve --workers 1`` and ``--workers 2``, measured in alternating rounds of one run.
+WORKER_ROWS = ("llm-router-w1", "llm-router-w2")
+
+
+def workers_table(results: dict[str, Any], levels: list[int]) -> str:
+    """``--workers 2`` against ``--workers 1`` per level: throughput ratio, tails, CPU."""
+    targets = results["targets"]
+    one, two = (targets.get(name, {}) for name in WORKER_ROWS)
+    if not (_ok(one) and _ok(two)):
+        return ""
+    rows = []
+    for c in levels:
+        a, b = _wrk_at(one, c), _wrk_at(two, c)
+        if a is None or b is None:
+            continue
+        ratio = f"{b['rps'] / a['rps']:.2f}x" if a["rps"] else "-"
+        rows.append(
+            [
+                f"c{c}",
+                _fmt(a["rps"]),
+                _fmt(b["rps"]),
+                ratio,
+                f"{_fmt(a['p50_ms'])} / {_fmt(a['p99_ms'])}",
+                f"{_fmt(b['p50_ms'])} / {_fmt(b['p99_ms'])}",
+                f"{_fmt(a.get('cpu_us_per_req'), 0)} / {_fmt(b.get('cpu_us_per_req'), 0)}",
+            ]
+        )
+    header = [
+        "level",
+        "w1 req/s",
+        "w2 req/s",
+        "w2 / w1",
+        "w1 p50 / p99 ms",
+        "w2 p50 / p99 ms",
+        "CPU µs/req w1 / w2",
+    ]
+    notes = ", ".join(str(n) for n in one.get("notes", [])[1:] if n)
+    title = f"**`serve --workers 2` against `--workers 1`** ({notes})"
+    return title + "\n\n" + _table(header, rows)
+
+
 def stream_table(results: dict[str, Any]) -> str:
     rows = []
     for name, res in results["targets"].items():
@@ -354,6 +395,7 @@ def markdown(results: dict[str, Any]) -> str:
         machine_block(results),
         throughput_tables(results, levels),
         peers_table(results, levels),
+        workers_table(results, levels),
         stream_table(results),
         redis_table(results),
         store_table(results),

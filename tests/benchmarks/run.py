@@ -46,6 +46,7 @@ from tests.benchmarks.targets import (
     start_sglang_router,
     start_upstream,
     start_vllm_router,
+    start_worker_pair,
 )
 
 ALL_TARGETS = [
@@ -57,6 +58,7 @@ ALL_TARGETS = [
     "llm-router-cluster",
     "llm-router-tls",
     "llm-router-x2",
+    "llm-router-workers",
     "litellm",
     "sglang-router",
     "vllm-router",
@@ -177,23 +179,7 @@ class Bench:
                         "redis_cpu_us_per_req": sample.redis_cpu_us_per_req,
                     }
                 samples.append(sample)
-            samples.sort(key=lambda s: s.rps)
-            row = samples[len(samples) // 2]
-            rows.append(row.as_dict())
-            if row.errors:
-                rows[-1]["error_sample"] = loadgen.status_sample(
-                    f"{target.url}/v1/chat/completions",
-                    json.dumps(CHAT_BODY).encode(),
-                    {**HEADERS, **target.headers},
-                    concurrency=c,
-                    total=max(c * 4, 200),
-                )
-            print(
-                f"  {target.name:<24} c{c:<4} {row.rps:>9,.0f} req/s  p50 {row.p50_ms:7.2f} ms"
-                f"  p99 {row.p99_ms:8.2f} ms  cpu {row.cpu_us_per_req or 0:6.0f} µs/req"
-                f"{f'  errors {row.errors}' if row.errors else ''}",
-                flush=True,
-            )
+            rows.append(self.median_row(target, c, samples))
         out["wrk"] = rows
         if target.stream_unsupported:
             out["stream_status"] = target.stream_unsupported
@@ -201,6 +187,52 @@ class Bench:
             out["stream"] = self.stream(target)
         if target.redis_port:
             self.router_extras(target, out)
+        return out
+
+    def median_row(
+        self, target: Target, c: int, samples: list[loadgen.WrkResult]
+    ) -> dict[str, Any]:
+        """The median round by throughput, printed, with a sample of its errors if any."""
+        row = sorted(samples, key=lambda s: s.rps)[len(samples) // 2]
+        out = row.as_dict()
+        if row.errors:
+            out["error_sample"] = loadgen.status_sample(
+                f"{target.url}/v1/chat/completions",
+                json.dumps(CHAT_BODY).encode(),
+                {**HEADERS, **target.headers},
+                concurrency=c,
+                total=max(c * 4, 200),
+            )
+        print(
+            f"  {target.name:<24} c{c:<4} {row.rps:>9,.0f} req/s  p50 {row.p50_ms:7.2f} ms"
+            f"  p99 {row.p99_ms:8.2f} ms  cpu {row.cpu_us_per_req or 0:6.0f} µs/req"
+            f"{f'  errors {row.errors}' if row.errors else ''}",
+            flush=True,
+        )
+        return out
+
+    def compare_workers(self, pair: tuple[Target, Target]) -> dict[str, dict[str, Any]]:
+        """``--workers 1`` and ``--workers 2`` in alternating rounds (w1 w2, then w2 w1, ...),
+        so that a busy neighbour on the machine weighs on both alike; medians per level."""
+        for target in pair:
+            self.wrk(target, 16, 1)  # warm-up
+        rounds = max(self.rounds, 2)
+        samples: dict[str, dict[int, list[loadgen.WrkResult]]] = {t.name: {} for t in pair}
+        for c in self.levels:
+            for r in range(rounds):
+                for target in pair if r % 2 == 0 else pair[::-1]:
+                    samples[target.name].setdefault(c, []).append(
+                        self.wrk(target, c, self.duration)
+                    )
+        out: dict[str, dict[str, Any]] = {}
+        for target in pair:
+            rows = [self.median_row(target, c, samples[target.name][c]) for c in self.levels]
+            out[target.name] = {
+                "status": "ok",
+                "url": target.url,
+                "notes": [*target.notes, f"{rounds} alternated rounds per level"],
+                "wrk": rows,
+            }
         return out
 
     def stream(self, target: Target) -> list[dict[str, Any]]:
@@ -352,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Settings(
         work_dir=work,
         server_cpus=server_cpus,
+        all_cpus=",".join(map(str, cpus)) if len(cpus) > 1 else None,
         cache_dir=args.cache_dir,
         install_peers=not args.no_install,
         stream_chunks=args.stream_chunks,
@@ -381,11 +414,15 @@ def main(argv: list[str] | None = None) -> int:
             upstream, port = start_upstream(stack, cfg)
             factories = _factories(cfg, upstream, port)
             for name in wanted:
-                if name not in factories:
+                if name not in factories and name != "llm-router-workers":
                     results["targets"][name] = {"status": f"unknown target {name!r}"}
                     continue
                 print(f"[{time.monotonic() - began:6.1f}s] {name}", flush=True)
                 try:
+                    if name == "llm-router-workers":
+                        with start_worker_pair(cfg, port) as pair:
+                            results["targets"].update(bench.compare_workers(pair))
+                        continue
                     with factories[name]() as target:
                         results["targets"][name] = bench.measure(target)
                 except Unavailable as exc:

@@ -51,6 +51,9 @@ class Settings:
     install_peers: bool = True
     stream_chunks: int = 16
     stream_delay_ms: float = 0.0
+    #: Every CPU the run may use (load and servers): the ``--workers`` comparison spreads
+    #: the router over all of them.
+    all_cpus: str | None = None
 
 
 @dataclass
@@ -209,7 +212,12 @@ def router_command() -> list[str]:
 
 
 def _start_router(
-    stack: ProcessStack, cfg: Settings, name: str, redis_url: str
+    stack: ProcessStack,
+    cfg: Settings,
+    name: str,
+    redis_url: str,
+    workers: int = 1,
+    cpus: str | None = None,
 ) -> tuple[Proc, int]:
     port = free_port()
     proc = stack.start(
@@ -223,12 +231,14 @@ def _start_router(
             "--port",
             str(port),
             "--auth-disabled",
+            "--workers",
+            str(workers),
         ],
-        cpus=cfg.server_cpus,
+        cpus=cpus or cfg.server_cpus,
         cwd=REPO,
         env={"LLM_ROUTER_LOG_LEVEL": "warning"},
     )
-    wait_http_ok(proc, f"http://127.0.0.1:{port}/healthz", 30)
+    wait_http_ok(proc, f"http://127.0.0.1:{port}/healthz", 60)
     return proc, port
 
 
@@ -319,6 +329,46 @@ def start_router(
             yield Target(
                 name, url, procs, redis_port=redis_port, redis_proc=redis_proc, notes=beat.errors
             )
+        finally:
+            beat.stop()
+
+
+@contextlib.contextmanager
+def start_worker_pair(cfg: Settings, upstream_port: int) -> Iterator[tuple[Target, Target]]:
+    """``serve --workers 1`` and ``serve --workers 2`` up at once on one Redis, both free to
+    use every CPU of the run, so that their rounds can alternate (the idle one costs next
+    to nothing). Leases are shared, the node has room for both."""
+    with ProcessStack(cfg.work_dir / "logs") as stack:
+        work = cfg.work_dir / "store-workers"
+        work.mkdir(parents=True, exist_ok=True)
+        redis_store = STORES["plain"](stack, work, cfg.server_cpus)
+        cpus = cfg.all_cpus or cfg.server_cpus
+        targets = []
+        for workers in (1, 2):
+            proc, port = _start_router(
+                stack, cfg, f"router-w{workers}", redis_store.url, workers, cpus
+            )
+            targets.append(
+                Target(
+                    f"llm-router-w{workers}",
+                    f"http://127.0.0.1:{port}",
+                    [proc],
+                    redis_port=redis_store.probe_port,
+                    redis_proc=redis_store.proc,
+                    notes=[f"--workers {workers}", f"router on CPUs {cpus}"],
+                )
+            )
+        beat = Heartbeater(targets[0].url, upstream_port)
+        beat.start()
+        try:
+            for target in targets:
+                wait_http_ok(
+                    target.cpu_procs[0],
+                    f"{target.url}/v1/chat/completions",
+                    20,
+                    json_body=CHAT_BODY,
+                )
+            yield targets[0], targets[1]
         finally:
             beat.stop()
 
