@@ -16,6 +16,7 @@ from llm_router.api import nodes, openai, probes, proxied
 from llm_router.api.proxied_schema import document_proxied
 from llm_router.errors import RouterError, dialect_body
 from llm_router.fleet import Fleet
+from llm_router.observability.worker_metrics import WorkerSlot
 from llm_router.routing.endpoints import dialect_of
 from llm_router.security.guard import Guard
 from llm_router.security.one_key import refuse_ambiguous_credentials
@@ -60,7 +61,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
 
 
 def create_app(
-    settings: RouterSettings, *, store: Store | None = None, worker: int | None = None
+    settings: RouterSettings, *, store: Store | None = None, worker: WorkerSlot | None = None
 ) -> Litestar:
     """The app of one replica; ``worker`` numbers it among ``serve --workers`` processes."""
     fleet = Fleet.build(settings, store, worker=worker)

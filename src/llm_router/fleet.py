@@ -18,6 +18,7 @@ from llm_router.errors import StateStoreUnavailable
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.telemetry import Telemetry
 from llm_router.observability.timed_scripts import TimedScripts
+from llm_router.observability.worker_metrics import WorkerSlot
 from llm_router.routing.affinity import AffinityPolicy
 from llm_router.routing.node_hop import node_ssl_context
 from llm_router.routing.proxy import Proxy, ProxyConfig
@@ -53,7 +54,11 @@ class Fleet:
 
     @classmethod
     def build(
-        cls, settings: RouterSettings, store: Store | None = None, *, worker: int | None = None
+        cls,
+        settings: RouterSettings,
+        store: Store | None = None,
+        *,
+        worker: WorkerSlot | None = None,
     ) -> Fleet:
         store = store or open_store(settings.redis_url, timeout_s=settings.redis_socket_timeout_s)
         keys = Keys(settings.key_prefix)

@@ -18,6 +18,7 @@ from llm_router.auth import startup_problems
 from llm_router.edge_limits import EdgeLimits, LimitedHttpTools
 from llm_router.fleet import Fleet
 from llm_router.observability.logs import UVICORN_LOG_CONFIG
+from llm_router.observability.worker_metrics import WorkerSlot
 from llm_router.routing.node_hop import NodeTLSConfigError, node_ssl_context
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import StoreUrlError, open_store
@@ -121,15 +122,15 @@ def _serve_with_workers(settings: RouterSettings) -> int:
         return Supervisor(settings, sock, run_worker).run()
 
 
-def run_worker(settings: RouterSettings, index: int, sock: socket.socket) -> None:
+def run_worker(settings: RouterSettings, slot: WorkerSlot, sock: socket.socket) -> None:
     """One worker process: a whole replica serving the socket its supervisor bound."""
     from llm_router.cli import setup_logging_and_tracing
 
     setup_logging_and_tracing(settings, "llm-router")
     stop_with_parent()
-    app = create_app(settings, worker=index)
+    app = create_app(settings, worker=slot)
     fleet: Fleet = app.state.fleet
-    serving = f"worker {index}: pid {os.getpid()}, replica {fleet.telemetry.replica}, serving"
+    serving = f"worker {slot.index}: pid {os.getpid()}, replica {fleet.telemetry.replica}, serving"
     _RouterServer(_uvicorn_config(settings, app), fleet, serving).run(sockets=[sock])
 
 

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import cast
 
+from llm_router.observability.worker_metrics import WorkerSlot
 from llm_router.settings import RouterSettings
 
 log = logging.getLogger("llm_router")
@@ -52,7 +54,7 @@ _STOP_MARGIN_S = 10.0
 #: uvicorn's default listen backlog.
 _BACKLOG = 2048
 
-WorkerMain = Callable[[RouterSettings, int, socket.socket], None]
+WorkerMain = Callable[[RouterSettings, WorkerSlot, socket.socket], None]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -89,11 +91,18 @@ class Supervisor:
     target: WorkerMain
     _workers: dict[int, _Worker] = field(default_factory=dict)
     _stopping: bool = False
+    #: Where the workers leave their metrics for each other (``observability.worker_metrics``).
+    _shared_dir: str = ""
     _context: multiprocessing.context.SpawnContext = field(
         default_factory=lambda: multiprocessing.get_context("spawn")
     )
 
     def run(self) -> int:
+        with tempfile.TemporaryDirectory(prefix="llm-router-workers-") as shared:
+            self._shared_dir = shared
+            return self._run()
+
+    def _run(self) -> int:
         previous = {
             sig: signal.signal(sig, self._on_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
@@ -117,7 +126,7 @@ class Supervisor:
     def _start(self, index: int, deaths: int) -> None:
         process = self._context.Process(
             target=self.target,
-            args=(self.settings, index, self.sock),
+            args=(self.settings, WorkerSlot(index, self._shared_dir), self.sock),
             name=f"llm-router-worker-{index}",
         )
         process.start()

@@ -133,6 +133,7 @@ class Fleet:
         cluster.wait_ready(self.router, timeout_s=START_S)
         ids = cluster.wait_all()
         self.pair_id = ids[self.pair.machine_name]
+        self.single_id = ids[self.single.machine_name]
         self.keys = Keys(cluster.key_prefix)
         wait_until(lambda: len(workers_of(self.router)) == 2, START_S, "both workers to serve")
 
@@ -201,6 +202,35 @@ async def test_every_worker_serves_the_openai_sdk(fleet: Fleet, workers: Workers
         }
 
 
+def served_by_worker(router: Router, model: str) -> dict[str, int]:
+    """worker → requests for ``model`` answered 200, from one scrape on a new connection."""
+    text = httpx.get(f"{router.url}/metrics", timeout=5).text
+    pattern = (
+        rf'^llm_router_requests_total\{{worker="(\d+)",model="{model}",[^}}]*status="200"\}} (\d+)$'
+    )
+    counts: dict[str, int] = {}
+    for worker, count in re.findall(pattern, text, re.MULTILINE):
+        counts[worker] = counts.get(worker, 0) + int(count)
+    return counts
+
+
+async def test_one_scrape_counts_every_worker(fleet: Fleet, workers: Workers) -> None:
+    await workers.sort(per_worker=1)
+    a, b = workers.names()
+    before = await asyncio.to_thread(served_by_worker, fleet.router, WIDE)
+    for _ in range(3):
+        assert (await chat(workers.clients[a][0], fleet.router, WIDE)).status_code == 200
+    assert (await chat(workers.clients[b][0], fleet.router, WIDE)).status_code == 200
+    index = {name: name.rsplit("/w", 1)[1] for name in (a, b)}
+    wanted = {index[a]: before.get(index[a], 0) + 3, index[b]: before.get(index[b], 0) + 1}
+
+    def every_scrape_agrees() -> bool:
+        # Four scrapes on four connections: whichever worker answers, both are counted.
+        return all(served_by_worker(fleet.router, WIDE) == wanted for _ in range(4))
+
+    await asyncio.to_thread(wait_until, every_scrape_agrees, 10, "scrapes to count both")
+
+
 async def test_workers_never_overfill_a_node(fleet: Fleet, workers: Workers) -> None:
     await workers.sort(per_worker=6)
     a, b = workers.names()
@@ -218,20 +248,32 @@ async def test_workers_never_overfill_a_node(fleet: Fleet, workers: Workers) -> 
     assert sum(r.headers.get("x-queue-status") == "queued" for r in answers) >= 8
 
 
-async def test_queue_order_holds_across_workers(fleet: Fleet, workers: Workers) -> None:
+async def test_queue_order_holds_across_workers(
+    fleet: Fleet, workers: Workers, store: aioredis.Redis
+) -> None:
     await workers.sort(per_worker=3)
     a, b = workers.names()
-    # The slot's holder, then four waiters arriving 0.15 s apart, alternating workers.
+    # The slot's holder, then four waiters alternating workers, each sent once the one
+    # before it is in the queue (so arrival order is known, however busy the machine).
     order = [workers.clients[a][0], workers.clients[b][0], workers.clients[a][1]]
     order += [workers.clients[b][1], workers.clients[a][2]]
+    queue = fleet.keys.queue(SINGLE)
 
-    async def arrive(index: int, client: httpx.AsyncClient) -> httpx.Response:
-        await asyncio.sleep(0.15 * index)
-        seconds = 0.8 if index == 0 else 0.2
-        return await chat(client, fleet.router, SINGLE, max_tokens=tokens_for(seconds))
+    async def reached(key: str, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while int(await store.zcard(key)) != count:
+            assert time.monotonic() < deadline, f"{key} never held {count}"
+            await asyncio.sleep(0.01)
 
     async with ConcurrencyProbe(fleet.single) as probe:
-        answers = await asyncio.gather(*(arrive(i, c) for i, c in enumerate(order)))
+        sent = [asyncio.create_task(chat(order[0], fleet.router, SINGLE, max_tokens=tokens_for(3)))]
+        await reached(fleet.keys.leases(fleet.single_id), 1)
+        for i, client in enumerate(order[1:], start=1):
+            sent.append(
+                asyncio.create_task(chat(client, fleet.router, SINGLE, max_tokens=tokens_for(0.2)))
+            )
+            await reached(queue, i)
+        answers = await asyncio.gather(*sent)
     assert [r.status_code for r in answers] == [200] * 5
     assert probe.peak == 1
     # The simulated runtime numbers replies in the order it starts them.
@@ -248,23 +290,23 @@ async def test_a_killed_worker_loses_only_its_requests_and_its_slots_come_back(
     await workers.sort(per_worker=2)
     doomed, survivor = workers.names()
     # The doomed worker holds both slots of ``pair``; the survivor serves ``single``.
+    # Long enough to be running at the kill, short enough to end on the node before the
+    # dead worker's leases expire (else the node would be busy past its free slots).
     held = [
-        asyncio.create_task(chat(c, fleet.router, PAIR, max_tokens=tokens_for(1.0)))
+        asyncio.create_task(chat(c, fleet.router, PAIR, max_tokens=tokens_for(1.5)))
         for c in workers.clients[doomed][:2]
     ]
-    leases = fleet.keys.leases(fleet.pair_id)
+    bystander = asyncio.create_task(
+        chat(workers.clients[survivor][0], fleet.router, SINGLE, max_tokens=tokens_for(1.5))
+    )
 
-    async def both_held() -> bool:
-        return int(await store.zcard(leases)) == 2
+    async def holding(node_id: str, count: int) -> bool:
+        return int(await store.zcard(fleet.keys.leases(node_id))) == count
 
     deadline = time.monotonic() + 10
-    while not await both_held():
-        assert time.monotonic() < deadline, "the doomed worker never held both slots"
+    while not (await holding(fleet.pair_id, 2) and await holding(fleet.single_id, 1)):
+        assert time.monotonic() < deadline, "the requests never all held their slots"
         await asyncio.sleep(0.02)
-    bystander = asyncio.create_task(
-        chat(workers.clients[survivor][0], fleet.router, SINGLE, max_tokens=tokens_for(0.6))
-    )
-    await asyncio.sleep(0.1)
     doomed_pid = workers_of(fleet.router)[doomed]
     os.kill(doomed_pid, signal.SIGKILL)
     killed = time.monotonic()

@@ -213,8 +213,10 @@ class Registry:
         self._metrics.append(metric)
         return metric
 
+    def families(self) -> list[tuple[str, list[str]]]:
+        """Each metric's name and lines: its HELP and TYPE lines, then its samples."""
+        return [(metric.name, metric.render()) for metric in self._metrics]
+
     def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._metrics:
-            lines += metric.render()
+        lines = [line for _, family in self.families() for line in family]
         return "\n".join(lines) + "\n"

@@ -16,16 +16,17 @@ from llm_router.observability.fleet_view import FleetView, refresh_fleet_gauges
 from llm_router.observability.history import HistoryRecorder, HistoryView
 from llm_router.observability.observer import Observer
 from llm_router.observability.router_metrics import RouterMetrics
+from llm_router.observability.worker_metrics import WorkerMetrics, WorkerSlot
 from llm_router.settings import RouterSettings
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry
 
 
-def replica_name(settings: RouterSettings, worker: int | None = None) -> str:
+def replica_name(settings: RouterSettings, worker: WorkerSlot | None = None) -> str:
     """How logs and the decision list name this replica; ``serve --workers N`` runs N
     replicas on one host and port, told apart by their worker number."""
     name = f"{socket.gethostname()}:{settings.port}"
-    return name if worker is None else f"{name}/w{worker}"
+    return name if worker is None else f"{name}/w{worker.index}"
 
 
 def _observer(
@@ -53,6 +54,8 @@ class Telemetry:
     history: HistoryView
     recorder: HistoryRecorder
     replica: str
+    #: With ``serve --workers``: the other workers' series, so one scrape shows them all.
+    workers: WorkerMetrics | None = None
 
     @classmethod
     def build(
@@ -62,7 +65,7 @@ class Telemetry:
         keys: Keys,
         registry: NodeRegistry,
         metrics: RouterMetrics,
-        worker: int | None = None,
+        worker: WorkerSlot | None = None,
     ) -> Telemetry:
         replica = replica_name(settings, worker)
         decisions = DecisionLog(redis, keys.decisions, metrics.decisions_dropped)
@@ -77,15 +80,20 @@ class Telemetry:
             history=HistoryView(redis, keys, view),
             recorder=recorder,
             replica=replica,
+            workers=WorkerMetrics(worker, metrics.registry) if worker else None,
         )
 
     def start(self) -> None:
         self.decisions.start()
         self.recorder.start()
+        if self.workers is not None:
+            self.workers.start()
 
     async def stop(self) -> None:
         await self.decisions.stop()
         await self.recorder.stop()
+        if self.workers is not None:
+            await self.workers.stop()
         tracing.flush()
 
     async def render(
@@ -104,4 +112,6 @@ class Telemetry:
             by_label[label] = by_label.get(label, 0) + count
         self.metrics.tenant_queue_waiters.replace(by_label.items())
         await refresh_fleet_gauges(self.view, self.metrics)
+        if self.workers is not None:
+            return self.workers.render()
         return self.metrics.registry.render()
