@@ -12,7 +12,9 @@ The shape, and why:
   exporter's thread) is shared by accident. The parent pickles the settings it validated
   and sends the same object to every worker, so flags and environment reach all of them
   identically; no worker reads the environment again.
-- The parent holds no fleet state and opens no Redis connection: everything a worker does
+- The parent holds no fleet state and opens no Redis connection (it only makes a private
+  directory where the workers leave their metrics for each other, so that one scrape
+  shows them all: ``observability.worker_metrics``): everything a worker does
   lives in Redis under leases and tickets with deadlines, so a SIGKILLed worker loses its
   own requests and nothing else. A worker that exits while the parent is not stopping is
   started again (after a pause when it keeps dying young).
