@@ -1,7 +1,8 @@
 """One command for the whole benchmark: ``python -m tests.benchmarks.run [--quick]``.
 
 Starts the fast upstream, then each target in turn (direct, nginx, bare Python proxy,
-llm-router x1, llm-router x2 behind nginx, and the peers: LiteLLM, sglang-router,
+llm-router x1, llm-router x2 behind nginx, ``serve --workers 1`` against ``--workers 2``
+in alternating rounds, and the peers: LiteLLM, sglang-router,
 vllm-router, the Portkey gateway), drives it with wrk and a streaming
 client, stops it, runs the Redis micro-benchmarks, and prints/writes the tables, a JSON
 file and a PNG into ``tests/benchmarks/results/``. Every child process is stopped on exit.
