@@ -81,7 +81,10 @@ class _Worker:
     index: int
     process: BaseProcess
     started: float
+    #: Deaths in a row, each within ``_YOUNG_DEATH_S`` of its start.
     deaths: int = 0
+    #: Set once it has died: when to start its replacement.
+    restart_at: float | None = None
 
 
 @dataclass
@@ -135,34 +138,35 @@ class Supervisor:
         self._workers[index] = _Worker(index, process, time.monotonic(), deaths)
 
     def _watch(self) -> None:
-        """Wait for a worker to exit (or a signal), and start it again unless stopping."""
-        sentinels = {w.process.sentinel: w for w in self._workers.values()}
-        for ready in wait(list(sentinels), timeout=1.0):
+        """Wait for a worker to exit (or a signal, or a restart to fall due); start the
+        replacements that are due. A pause for one worker delays no other's restart."""
+        alive = {w.process.sentinel: w for w in self._workers.values() if w.restart_at is None}
+        due = [w.restart_at for w in self._workers.values() if w.restart_at is not None]
+        timeout = max(0.0, min([1.0, *(at - time.monotonic() for at in due)]))
+        for ready in wait(list(alive), timeout=timeout):
             if self._stopping:
                 return
-            dead = sentinels[cast(int, ready)]
-            dead.process.join()
-            lived = time.monotonic() - dead.started
-            deaths = dead.deaths + 1 if lived < _YOUNG_DEATH_S else 0
-            pause = _RESTART_PAUSES_S[min(deaths, len(_RESTART_PAUSES_S) - 1)]
-            log.warning(
-                "worker %d (pid %s) exited with %s after %.1fs; starting it again%s",
-                dead.index,
-                dead.process.pid,
-                _exit_text(dead.process.exitcode),
-                lived,
-                f" in {pause:g}s" if pause else "",
-            )
-            if pause and self._pause(pause):
+            self._bury(alive[cast(int, ready)])
+        for worker in list(self._workers.values()):
+            if self._stopping:
                 return
-            self._start(dead.index, deaths)
+            if worker.restart_at is not None and worker.restart_at <= time.monotonic():
+                self._start(worker.index, worker.deaths)
 
-    def _pause(self, seconds: float) -> bool:
-        """Sleep unless asked to stop meanwhile; True when stopping."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return self._stopping
+    def _bury(self, dead: _Worker) -> None:
+        dead.process.join()
+        lived = time.monotonic() - dead.started
+        dead.deaths = dead.deaths + 1 if lived < _YOUNG_DEATH_S else 0
+        pause = _RESTART_PAUSES_S[min(dead.deaths, len(_RESTART_PAUSES_S) - 1)]
+        dead.restart_at = time.monotonic() + pause
+        log.warning(
+            "worker %d (pid %s) exited with %s after %.1fs; starting it again%s",
+            dead.index,
+            dead.process.pid,
+            _exit_text(dead.process.exitcode),
+            lived,
+            f" in {pause:g}s" if pause else "",
+        )
 
     def _on_stop(self, sig: int, _frame: FrameType | None) -> None:
         if self._stopping:
@@ -184,6 +188,8 @@ class Supervisor:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s + _STOP_MARGIN_S
         clean = True
         for worker in self._workers.values():
+            if worker.restart_at is not None:
+                continue  # died before the signal, and was reported then
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 log.error("worker %d did not stop in time; killing it", worker.index)
