@@ -17,6 +17,7 @@ from llm_router.auth import KeyRing
 from llm_router.errors import StateStoreUnavailable
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.telemetry import Telemetry
+from llm_router.observability.tenant_view import limited_keys
 from llm_router.observability.timed_scripts import TimedScripts
 from llm_router.observability.worker_metrics import WorkerSlot
 from llm_router.routing.affinity import AffinityPolicy
@@ -75,7 +76,16 @@ class Fleet:
                 default_max_concurrency=settings.default_max_concurrency,
             ),
         )
-        telemetry = Telemetry.build(settings, store.redis, keys, registry, metrics, worker)
+        keyring = KeyRing.from_settings(settings)
+        telemetry = Telemetry.build(
+            settings,
+            store.redis,
+            keys,
+            registry,
+            metrics,
+            worker,
+            limited_keys=lambda: limited_keys(keyring.managed),
+        )
         events = CapacityEvents(store.pubsub_client(), keys.events)
         dispatcher = Dispatcher(
             scripts,
@@ -115,7 +125,7 @@ class Fleet:
             dispatcher=dispatcher,
             events=events,
             proxy=proxy,
-            keyring=KeyRing.from_settings(settings),
+            keyring=keyring,
             control_http=httpx.AsyncClient(timeout=settings.model_fetch_timeout_s, verify=node_tls),
             telemetry=telemetry,
             affinity=AffinityPolicy(

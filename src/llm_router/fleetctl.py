@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llm_router.errors import StateStoreUnavailable
+from llm_router.observability.tenant_view import by_band_and_tenant, parse_queue_info
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import StoreUrlError, open_store
 from llm_router.state.keys import Keys
@@ -114,7 +114,7 @@ class FleetState:
         rows = []
         for i, model in enumerate(known):
             length, head, alive, info = raw[4 * i : 4 * i + 4]
-            waiting = _queue_info(info)
+            waiting = parse_queue_info(info)
             # Arrivals are µs on the Redis clock; a ticket not renewed past its deadline
             # (or with no deadline at all) belongs to a waiter that is gone.
             head_info = waiting.get(_text(head[0])) if head else None
@@ -125,7 +125,7 @@ class FleetState:
                     "length": int(length),
                     "head_age_s": head_age_s,
                     "dead_tickets": max(0, int(length) - int(alive)),
-                    "tenants": _by_tenant(waiting.values(), now),
+                    "tenants": by_band_and_tenant(waiting.values(), now),
                 }
             )
         return rows
@@ -262,32 +262,6 @@ def _models_table(rows: list[dict[str, Any]]) -> Table:
             str(row["queued"]),
         )
     return table
-
-
-def _queue_info(raw: dict[Any, Any]) -> dict[str, tuple[str, int, float]]:
-    """ticket → (tenant, band, arrival µs), skipping what does not parse."""
-    out = {}
-    for ticket, value in raw.items():
-        parts = _text(value).split(" ")
-        if len(parts) == 3 and parts[1].isdigit():
-            with contextlib.suppress(ValueError):
-                out[_text(ticket)] = (parts[0], int(parts[1]), float(parts[2]))
-    return out
-
-
-def _by_tenant(waiting: Iterable[tuple[str, int, float]], now_ms: int) -> list[dict[str, Any]]:
-    groups: dict[tuple[int, str], list[float]] = {}
-    for tenant, band, arrival in waiting:
-        groups.setdefault((band, tenant), []).append(arrival)
-    return [
-        {
-            "tenant": tenant,
-            "band": band,
-            "waiting": len(arrivals),
-            "oldest_wait_s": (now_ms * 1000 - min(arrivals)) / 1e6,
-        }
-        for (band, tenant), arrivals in sorted(groups.items(), key=lambda g: (-g[0][0], g[0][1]))
-    ]
 
 
 def _queues_table(rows: list[dict[str, Any]]) -> Table:

@@ -8,6 +8,8 @@ requirement (Debian: ``chromium``), not an optional extra: without it these test
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -17,12 +19,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+import redis.asyncio as aioredis
 
 from integration.procs import Cluster, Router, wait_until
+from llm_router.auth import ManagedKey, Scope
+from llm_router.security.managed_keys import ManagedKeyStore
+from llm_router.state.keys import Keys
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = (
@@ -279,3 +286,104 @@ def test_charts_move_with_traffic_and_are_the_same_on_every_replica(fleet: Clust
     assert max(v or 0 for v in a.charts[f"node-load:{node_id}"][0]) == 100.0
     assert max(v or 0 for v in a.charts["ttft"][0]) >= 150  # p50 and p99 of the streams
     assert any(max(v or 0 for v in line) > 0 for line in a.charts["queue"])
+
+
+class TenantRows(HTMLParser):
+    """The tenant panel's rows as rendered: queue groups and in-flight tenants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: dict[tuple[str, str, str], int] = {}
+        self.in_flight: dict[str, tuple[int, int]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: str(v) for k, v in attrs}
+        if tag == "tr" and "data-queue-model" in a:
+            group = (a["data-queue-model"], a["data-band"], a["data-tenant"])
+            self.queued[group] = int(a["data-waiting"])
+        if tag == "tr" and "data-flight-tenant" in a:
+            self.in_flight[a["data-flight-tenant"]] = (int(a["data-used"]), int(a["data-limit"]))
+
+
+async def _tenant_keys(redis_url: str, prefix: str) -> dict[str, str]:
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        store = ManagedKeyStore(redis, Keys(prefix))
+        made = {}
+        for label, queueing in [
+            ("capped", ManagedKey(Scope.API, "", 0, tenant="capped", max_in_flight=3)),
+            ("a", ManagedKey(Scope.API, "", 0, tenant="team-a", priority=5)),
+            ("b", ManagedKey(Scope.API, "", 0, tenant="team-b", priority=7)),
+        ]:
+            made[label], _ = await store.create(Scope.API, name=label, queueing=queueing)
+        return made
+    finally:
+        await redis.aclose()
+
+
+def test_the_tenant_panel_shows_who_waits_and_who_runs_on_every_replica(
+    redis_server: object,
+) -> None:
+    url: str = redis_server.url  # type: ignore[attr-defined]
+    cluster = Cluster(url)
+    key = asyncio.run(_tenant_keys(url, cluster.key_prefix))
+    pool = ThreadPoolExecutor(8)
+    try:
+        first, second = cluster.up(routers=2, queue_timeout_s=120)
+        # Two slots; a request of 40 tokens at 2 tokens/s holds one for about 20 s.
+        node = cluster.start_node(["m-tenants"], max_concurrency=2, tokens_per_s=2, ttft_ms=5)
+        cluster.wait_online(node)
+
+        def send(router: Router, who: str) -> int:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.post(
+                    f"{router.api_base}/chat/completions",
+                    json={"model": "m-tenants", "max_tokens": 40},
+                    headers={"authorization": f"Bearer {key[who]}"},
+                    timeout=150,
+                ).status_code
+            return 0
+
+        def state(router: Router) -> dict[str, Any]:
+            body: dict[str, Any] = httpx.get(f"{router.url}/dashboard/api/state", timeout=5).json()
+            return body
+
+        def model_of(body: dict[str, Any]) -> dict[str, Any]:
+            return next(m for m in body["models"] if m["id"] == "m-tenants")
+
+        # The capped key holds both slots; team-a queues behind on one replica, team-b
+        # (a higher band) on the other, and the capped key's third waits on the queue too.
+        for router in (first, second):
+            pool.submit(send, router, "capped")
+        wait_until(
+            lambda: sum(n["in_flight"] or 0 for n in state(first)["nodes"]) == 2, 20, "slots"
+        )
+        for router, who in [(first, "a"), (first, "a"), (first, "a"), (second, "b"), (second, "b")]:
+            pool.submit(send, router, who)
+        pool.submit(send, second, "capped")
+        wait_until(lambda: model_of(state(second))["queue_depth"] == 6, 20, "six waiters")
+
+        for router in (first, second):
+            body = state(router)
+            groups = {(g["band"], g["tenant"]): g for g in model_of(body)["queue_tenants"]}
+            assert {k: g["waiting"] for k, g in groups.items()} == {
+                (7, "team-b"): 2,
+                (5, "team-a"): 3,
+                (5, "capped"): 1,
+            }, groups
+            assert all(g["oldest_wait_s"] >= 0 for g in groups.values())
+            assert [g["band"] for g in model_of(body)["queue_tenants"]] == [7, 5, 5]
+            flight = {t["tenant"]: (t["used"], t["limit"]) for t in body["tenants_in_flight"]}
+            assert flight == {"capped": (2, 3)}, body["tenants_in_flight"]
+
+            page = TenantRows()
+            page.feed(browse(f"{router.url}/dashboard"))
+            assert page.queued == {
+                ("m-tenants", "7", "team-b"): 2,
+                ("m-tenants", "5", "team-a"): 3,
+                ("m-tenants", "5", "capped"): 1,
+            }
+            assert page.in_flight == {"capped": (2, 3)}
+    finally:
+        cluster.close()  # ends the held requests: their threads return
+        pool.shutdown(wait=True)

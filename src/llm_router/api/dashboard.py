@@ -58,8 +58,9 @@ async def dashboard_asset(name: FromPath[str]) -> Response[bytes]:
 
 @get("/dashboard/api/state")
 async def dashboard_state(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Nodes, models with their queues, the fleet's recent routing decisions, and the last
-    15 minutes of traffic, latency, queue depth and node load (identical on every replica)."""
+    """Nodes, models with their queues (by band and tenant), each tenant's requests in
+    flight against its keys' limits, the fleet's recent routing decisions, and the last 15
+    minutes of traffic, latency, queue depth and node load (identical on every replica)."""
     fleet = fleet_of(request)
     fleet.keyring.check(request.headers, Scope.ADMIN)
     telemetry = fleet.telemetry
@@ -75,6 +76,7 @@ async def dashboard_state(request: Request[Any, Any, Any]) -> Response[dict[str,
         "generated_at": snap.taken_at,
         "nodes": snap.nodes,
         "models": snap.models,
+        "tenants_in_flight": snap.tenants_in_flight,
         "decisions": decisions,
         "history": history,
     }

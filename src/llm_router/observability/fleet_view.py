@@ -9,6 +9,7 @@ replica still cost Redis at most one read per second.
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,12 @@ from llm_router.errors import StateStoreUnavailable
 from llm_router.observability.metrics import OTHER
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.shared_read import SharedRead
+from llm_router.observability.tenant_view import (
+    LimitedKey,
+    TenantState,
+    no_limited_keys,
+    read_tenants,
+)
 from llm_router.state.keys import Keys
 from llm_router.state.registry import NodeRegistry
 from llm_router.state.scripts import STORE_DOWN_ERRORS
@@ -57,16 +64,27 @@ class FleetSnapshot:
     nodes: list[dict[str, Any]]
     models: list[dict[str, Any]]
     queue_depth: dict[str, int] = field(default_factory=dict)
+    #: Per tenant: requests in flight on keys with a fleet-wide limit (used / limit).
+    tenants_in_flight: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FleetView:
     def __init__(
-        self, redis: Any, keys: Keys, registry: NodeRegistry, *, forget_ms: int, ttl_s: float = 1.0
+        self,
+        redis: Any,
+        keys: Keys,
+        registry: NodeRegistry,
+        *,
+        forget_ms: int,
+        ttl_s: float = 1.0,
+        limited_keys: Callable[[], Sequence[LimitedKey]] = no_limited_keys,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._registry = registry
         self._forget_ms = forget_ms
+        #: The keys with a max_in_flight, from this replica's snapshot of the managed keys.
+        self._limited_keys = limited_keys
         self._shared = SharedRead(self._read, ttl_s)
 
     async def snapshot(self) -> FleetSnapshot:
@@ -88,6 +106,9 @@ class FleetView:
             pipe.zcount(self._keys.queue_alive(model), now_ms + 1, "+inf")
         depths = [int(d) for d in await pipe.execute()] if known else []
         queue_depth = dict(zip(known, depths, strict=True))
+        tenants: TenantState = await read_tenants(
+            self._redis, self._keys, queue_depth, self._limited_keys(), now_ms
+        )
 
         nodes = [{k: r.get(k) for k in _NODE_FIELDS} for r in records]
         nodes.sort(key=lambda n: (str(n["machine_name"]), int(n["runtime_port"] or 0)))
@@ -109,10 +130,15 @@ class FleetView:
                     "online_nodes": len(online),
                     "backends": sorted({str(n["gpu_backend"]) for n in online}),
                     "queue_depth": queue_depth.get(model, 0),
+                    "queue_tenants": tenants.queues.get(model, []),
                 }
             )
         return FleetSnapshot(
-            taken_at=now_ms / 1000.0, nodes=nodes, models=models, queue_depth=queue_depth
+            taken_at=now_ms / 1000.0,
+            nodes=nodes,
+            models=models,
+            queue_depth=queue_depth,
+            tenants_in_flight=tenants.in_flight,
         )
 
 

@@ -5,7 +5,7 @@ observer the proxy calls, the shared recent-decisions list and the fleet view.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from llm_router.observability.fleet_view import FleetView, refresh_fleet_gauges
 from llm_router.observability.history import HistoryRecorder, HistoryView
 from llm_router.observability.observer import Observer
 from llm_router.observability.router_metrics import RouterMetrics
+from llm_router.observability.tenant_view import LimitedKey, no_limited_keys
 from llm_router.observability.worker_metrics import WorkerMetrics, WorkerSlot
 from llm_router.settings import RouterSettings
 from llm_router.state.keys import Keys
@@ -66,11 +67,18 @@ class Telemetry:
         registry: NodeRegistry,
         metrics: RouterMetrics,
         worker: WorkerSlot | None = None,
+        limited_keys: Callable[[], Sequence[LimitedKey]] = no_limited_keys,
     ) -> Telemetry:
         replica = replica_name(settings, worker)
         decisions = DecisionLog(redis, keys.decisions, metrics.decisions_dropped)
         access = AccessLog(access_logger(), replica) if settings.access_log else None
-        view = FleetView(redis, keys, registry, forget_ms=int(settings.node_forget_s * 1000))
+        view = FleetView(
+            redis,
+            keys,
+            registry,
+            forget_ms=int(settings.node_forget_s * 1000),
+            limited_keys=limited_keys,
+        )
         recorder = HistoryRecorder(redis, keys, view, metrics.history_dropped)
         return cls(
             metrics=metrics,

@@ -106,6 +106,49 @@ function modelRow(m, history) {
   ]);
 }
 
+function seconds(s) {
+  if (s == null) return "–";
+  return s < 10 ? s.toFixed(1) + " s" : s < 5400 ? Math.round(s) + " s" : Math.round(s / 60) + " min";
+}
+
+// The rest of a bounded list comes as one row: tenant "other", `folded` rows summed.
+function tenantCell(row) {
+  const folded = row.folded != null;
+  return el("td", { class: folded ? "folded" : "mono", text: folded ? `${row.folded} more` : row.tenant });
+}
+
+function queueTenantRows(models) {
+  return models.flatMap((m) => (m.queue_tenants || []).map((t) =>
+    el("tr", {
+      "data-queue-model": m.id,
+      "data-tenant": t.folded != null ? "" : t.tenant,
+      "data-band": t.band == null ? "" : String(t.band),
+      "data-waiting": String(t.waiting),
+    }, [
+      el("td", { class: "mono", text: m.id }),
+      el("td", { text: t.band == null ? "–" : String(t.band) }),
+      tenantCell(t),
+      el("td", { text: String(t.waiting) }),
+      el("td", { text: seconds(t.oldest_wait_s) }),
+    ])));
+}
+
+function flightRow(t) {
+  const limit = Math.max(1, t.limit || 1);
+  const pct = Math.min(100, Math.round((100 * t.used) / limit));
+  const bar = el("span", { class: "bar" + (t.used >= limit ? " full" : "") }, [el("i")]);
+  bar.firstChild.style.width = pct + "%";
+  return el("tr", {
+    "data-flight-tenant": t.folded != null ? "" : t.tenant,
+    "data-used": String(t.used),
+    "data-limit": String(t.limit),
+  }, [
+    tenantCell(t),
+    el("td", {}, [bar, el("span", { class: "mono", text: `${t.used} / ${t.limit}` })]),
+    el("td", { text: String(t.keys) }),
+  ]);
+}
+
 function decisionRow(d, names) {
   const ok = d.outcome === "routed" || d.outcome === "queued";
   const cls = ok ? "o-" + d.outcome : d.outcome === "failover" ? "o-failover" : "o-err";
@@ -227,6 +270,12 @@ function render(state) {
   fill(document.querySelector("#nodes tbody"), state.nodes.map((n) => nodeRow(n, now, state.history)));
   $("nodes-empty").hidden = state.nodes.length > 0;
   fill(document.querySelector("#models tbody"), state.models.map((m) => modelRow(m, state.history)));
+  const waiting = queueTenantRows(state.models);
+  fill(document.querySelector("#queue-tenants tbody"), waiting);
+  $("queue-tenants-empty").hidden = waiting.length > 0;
+  const flight = (state.tenants_in_flight || []).map(flightRow);
+  fill(document.querySelector("#tenant-flight tbody"), flight);
+  $("tenant-flight-empty").hidden = flight.length > 0;
   renderCharts(state.history);
   fill(document.querySelector("#decisions tbody"), state.decisions.map((d) => decisionRow(d, names)));
 }
