@@ -8,6 +8,7 @@ queue take it, so the order the queue serves in is read off directly.
 from __future__ import annotations
 
 from contract.fleet import Fleet, Lease, sleep_ms
+from llm_router.routing.queue import CapacityEvents, Waiter
 from llm_router.state.scripts import Granted, KeyWait, Queued, Refused
 from llm_router.tenancy import Tenancy
 
@@ -204,3 +205,40 @@ async def test_a_head_over_its_key_limit_does_not_block_the_queue(fleet: Fleet) 
     assert isinstance(await fleet.acquire(M, ticket="a2", tenancy=limited(1)), KeyWait)
     assert set(await fleet.zmembers(fleet.keys.queue(M))) == {"b0"}
     assert isinstance(await fleet.acquire(M, ticket="b0", tenancy=tenant("B", 3)), Granted)
+
+
+async def test_the_waiter_woken_is_the_head_when_tenants_tie(fleet: Fleet) -> None:
+    # Two tenants arriving behind nobody start at the same virtual time: equal place tags.
+    # The queue breaks the tie by ticket (a sorted set's order), so a replica must wake its
+    # waiters in that order too, not in the order they arrived, or the head sleeps until
+    # the next poll while the wrong waiter asks.
+    held = await _full_node(fleet)
+    first = await _queue(fleet, "zz-queued-first", tenant("A"))
+    second = await _queue(fleet, "aa-queued-second", tenant("B"))
+    assert first.order == second.order
+    events = CapacityEvents(pubsub_client=None, channel="unused")
+    waiters = [
+        Waiter(order=q.order, ticket=t, model=M)
+        for t, q in (("zz-queued-first", first), ("aa-queued-second", second))
+    ]
+    for waiter in waiters:
+        events.add(waiter)
+    events.notify(M)
+    woken = [w.ticket for w in waiters if w.wake.is_set()]
+    await fleet.release(held)
+    head = [
+        w.ticket
+        for w, who in zip(waiters, (tenant("A"), tenant("B")), strict=True)
+        if isinstance(await fleet.acquire(M, ticket=w.ticket, tenancy=who), Granted)
+    ]
+    assert woken == head == ["aa-queued-second"]
+
+
+def test_a_waiter_leaving_takes_only_itself_out_when_tags_tie() -> None:
+    events = CapacityEvents(pubsub_client=None, channel="unused")
+    stays, leaves = Waiter(order=7, ticket="b", model=M), Waiter(order=7, ticket="a", model=M)
+    events.add(stays)
+    events.add(leaves)
+    events.remove(leaves)
+    assert events.tickets() == [(M, "b")]
+    assert stays.wake.is_set()  # the one left may now be the head: it looks

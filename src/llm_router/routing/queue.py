@@ -3,9 +3,10 @@
 The queue itself lives in Redis (``acquire.lua`` keeps its fair order); this module only
 decides *when* a local waiter asks again. One pub/sub subscription per replica hears
 "capacity freed for model M" and wakes this replica's first waiter for M in that order
-(the smallest place tag, which never changes while it waits): the only one here that can
-be at the head. A bounded fallback poll covers lost messages, a pub/sub
-reconnect, and heads whose replica died (their tickets expire, nobody publishes).
+(the smallest place tag, which never changes while it waits, then the ticket, as the
+sorted set breaks ties): the only one here that can be at the head. A bounded fallback
+poll covers lost messages, a pub/sub reconnect, and heads whose replica died (their
+tickets expire, nobody publishes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ log = logging.getLogger(__name__)
 class Waiter:
     #: The ticket's place tag in the fleet-wide order (see ``Queued.order``).
     order: int
-    ticket: str = field(compare=False)
+    #: Breaks ties between equal tags as the queue's sorted set does (by member), so the
+    #: first local waiter is the one the queue serves first; and two waiters are only equal
+    #: when they are the same ticket.
+    ticket: str
     model: str = field(compare=False)
     wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
     abandoned: bool = field(compare=False, default=False)
