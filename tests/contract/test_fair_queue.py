@@ -7,8 +7,12 @@ queue take it, so the order the queue serves in is read off directly.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from contract.fleet import Fleet, Lease, sleep_ms
 from llm_router.routing.queue import CapacityEvents, Waiter
+from llm_router.routing.select import Dispatcher, Limits
 from llm_router.state.scripts import Granted, KeyWait, Queued, Refused
 from llm_router.tenancy import Tenancy
 
@@ -242,3 +246,46 @@ def test_a_waiter_leaving_takes_only_itself_out_when_tags_tie() -> None:
     events.remove(leaves)
     assert events.tickets() == [(M, "b")]
     assert stays.wake.is_set()  # the one left may now be the head: it looks
+
+
+class _FreedDuringTheCall:
+    """The fleet's scripts, except that the first acquire call that queues has the slot
+    freed, and its capacity event heard by this replica, while the answer is on its way
+    back: before the request waits anywhere an event could wake it."""
+
+    def __init__(self, fleet: Fleet, events: CapacityEvents, held: Lease) -> None:
+        self._fleet, self._events, self._held = fleet, events, held
+        self._freed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fleet.scripts, name)
+
+    async def acquire(self, **kw: Any) -> Any:
+        result = await self._fleet.scripts.acquire(**kw)
+        if isinstance(result, Queued) and not self._freed:
+            self._freed = True
+            await self._fleet.release(self._held)
+            self._events.notify(kw["model"])
+        return result
+
+
+async def test_capacity_freed_while_a_request_joins_the_queue_is_not_missed(
+    fleet: Fleet,
+) -> None:
+    held = await _full_node(fleet)
+    events = CapacityEvents(pubsub_client=None, channel="unused")
+    limits = Limits(
+        lease_ttl_ms=30_000,
+        queue_max=64,
+        ticket_ttl_ms=30_000,
+        forget_ms=600_000,
+        retry_after_s=1,
+        # No poll and no timeout come to the rescue: only the event can wake it.
+        queue_timeout_s=3600,
+        poll_interval_s=3600,
+    )
+    scripts: Any = _FreedDuringTheCall(fleet, events, held)
+    dispatcher = Dispatcher(scripts, events, limits)
+    # The bound only keeps a missed wake-up from hanging the suite.
+    lease = await asyncio.wait_for(dispatcher.acquire(M, tenancy=tenant("A")), 30)
+    assert lease.node_id == held.node_id and lease.queued_ms is not None

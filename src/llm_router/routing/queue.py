@@ -43,12 +43,24 @@ class CapacityEvents:
         self._client = pubsub_client
         self._channel = channel
         self._waiters: dict[str, list[Waiter]] = defaultdict(list)
+        #: Events heard per model, ever: a request notes the count before its acquire call
+        #: so that one heard while the call was out (nobody here to wake yet) is not lost.
+        self._heard: dict[str, int] = defaultdict(int)
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, waiter: Waiter) -> None:
+    def heard(self, model: str) -> int:
+        return self._heard[model]
+
+    def add(self, waiter: Waiter, heard_before: int | None = None) -> None:
+        """Wait here; ``heard_before`` is ``heard(model)`` from before the acquire call that
+        queued it: capacity freed since then reached nobody, so a new local head looks at
+        once instead of at the next poll."""
         waiters = self._waiters[waiter.model]
         waiters.append(waiter)
         waiters.sort()
+        missed = heard_before is not None and self._heard[waiter.model] != heard_before
+        if missed and waiters[0] is waiter:
+            waiter.wake.set()
 
     def remove(self, waiter: Waiter) -> None:
         waiters = self._waiters.get(waiter.model)
@@ -79,6 +91,7 @@ class CapacityEvents:
         return dict(counts)
 
     def notify(self, model: str) -> None:
+        self._heard[model] += 1
         waiters = self._waiters.get(model)
         if waiters:
             waiters[0].wake.set()

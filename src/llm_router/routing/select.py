@@ -123,12 +123,13 @@ class Dispatcher:
         if self.closing:
             raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
         ticket = uuid.uuid4().hex
+        heard = self._events.heard(model)
         result = await self._try(model, ticket, want, affinity, tenancy)
         if isinstance(result, Granted):
             return self._hold(result, queued_ms=None)
         if isinstance(result, Refused):
             raise self._refusal(model, result, want)
-        return await self._wait(model, ticket, result, client_gone, want, affinity, tenancy)
+        return await self._wait(model, ticket, result, client_gone, want, affinity, tenancy, heard)
 
     async def _try(
         self, model: str, ticket: str, want: Want, affinity: Affinity, tenancy: Tenancy
@@ -215,6 +216,7 @@ class Dispatcher:
         want: Want,
         affinity: Affinity,
         tenancy: Tenancy,
+        heard: int,
     ) -> Lease:
         started = time.monotonic()
         deadline = started + self._limits.queue_timeout_s
@@ -224,7 +226,7 @@ class Dispatcher:
         waiter = Waiter(
             order=order, ticket=ticket, model=model, tenant=tenancy.tenant, band=tenancy.priority
         )
-        self._events.add(waiter)
+        self._events.add(waiter, heard_before=heard)
         watcher = None
         if client_gone is not None:
             watcher = asyncio.ensure_future(self._watch(client_gone, waiter))
