@@ -245,14 +245,23 @@ def _start_router(
 class Heartbeater:
     """Registers the upstream as a node and keeps it alive until stopped (one thread)."""
 
-    def __init__(self, router_url: str, upstream_port: int, max_concurrency: int = 100_000):
+    def __init__(
+        self,
+        router_url: str,
+        upstream_port: int,
+        max_concurrency: int = 100_000,
+        *,
+        model: str = MODEL,
+        machine_name: str = "bench-upstream",
+    ):
         self.router_url = router_url
+        self.model = model
         self.registration = {
-            "machine_name": "bench-upstream",
+            "machine_name": machine_name,
             "ip_address": "127.0.0.1",
             "runtime_port": upstream_port - 1,
             "node_api_port": upstream_port,
-            "executable_models": [MODEL],
+            "executable_models": [model],
             "gpu_backend": "cpu",
             "max_concurrency": max_concurrency,
         }
@@ -285,7 +294,7 @@ class Heartbeater:
                     response = client.post(
                         f"{self.router_url}/v0/health",
                         headers={"X-Node-Token": self._token},
-                        json={"node_id": self.node_id, "executable_models": [MODEL]},
+                        json={"node_id": self.node_id, "executable_models": [self.model]},
                     )
                     if response.status_code == 404:
                         self.register(client)

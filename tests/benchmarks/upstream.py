@@ -75,7 +75,7 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     parts: list[bytes] = []
     while True:
         message = await receive()
@@ -99,18 +99,24 @@ async def _send_stream(send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer the server's start-up and shutdown messages (nothing to set up)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     path: str = scope["path"]
     if scope["method"] == "POST" and path.endswith("/chat/completions"):
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if b'"stream":true' in body or b'"stream": true' in body:
             await _send_stream(send)
         else:
