@@ -195,6 +195,26 @@ async def test_a_dead_replicas_requests_stop_counting_against_the_key(fleet: Fle
     assert len(members) == 1  # the ended lease's entry was dropped
 
 
+async def test_a_keys_flight_set_expires_unless_its_requests_run_on(fleet: Fleet) -> None:
+    day_ms = 24 * 3600 * 1000
+    await fleet.register("box-a", [M], max_concurrency=4)
+    first = await fleet.acquire(M, tenancy=limited(2))
+    assert isinstance(first, Granted)
+    key = fleet.keys.key_flight("key-A")
+    # A key nobody uses again leaves nothing behind: its set expires on its own.
+    assert 0 < await fleet.redis.pttl(key) <= day_ms
+    await fleet.redis.pexpire(key, 60_000)
+    # Each look at the key while a request runs pushes the expiry on.
+    second = await fleet.acquire(M, tenancy=limited(2))
+    assert isinstance(second, Granted)
+    assert await fleet.redis.pttl(key) > 60_000
+    # Over its limit, a request looks again and again while the two run: each look keeps
+    # the set alive as long as they do.
+    await fleet.redis.pexpire(key, 60_000)
+    assert isinstance(await fleet.acquire(M, ticket="a3", tenancy=limited(2)), KeyWait)
+    assert await fleet.redis.pttl(key) > 60_000
+
+
 async def test_a_head_over_its_key_limit_does_not_block_the_queue(fleet: Fleet) -> None:
     await fleet.register("box-a", [M], max_concurrency=2)
     x1, x2 = await fleet.lease(M), await fleet.lease(M)

@@ -98,7 +98,8 @@ class Keys:
 
     def key_flight(self, key_id: str) -> str:
         """zset: "<node id> <lease id>" → when granted (ms): a key's requests in flight across
-        the fleet; a member counts while its lease is live and is dropped once it is not."""
+        the fleet; a member counts while its lease is live and is dropped once it is not;
+        expires a day after its key last granted or found requests running."""
         return f"{self.base}key-flight:{key_id}"
 
     def queue_info(self, model: str) -> str:

@@ -67,7 +67,16 @@ end
 -- A key's requests in flight across the fleet. key-flight:<key id> lists "node lease"
 -- pairs; each counts while its lease is live in leases:<node>, so the count ends with the
 -- leases themselves (released, or expired with a dead replica) and nobody has to remove
--- members on release: the ones found ended are dropped here.
+-- members on release: the ones found ended are dropped here, and a key found with none
+-- running is deleted.
+--
+-- Expiry: a lease is renewed for as long as its stream runs, by a script that does not know
+-- the key, so no TTL tied to the lease is safe. The set instead lives KEY_FLIGHT_TTL_MS past
+-- the key's last grant or check with requests running: a key nobody uses leaves nothing
+-- behind, and only a stream running longer than that with no other request of its key in
+-- the meantime would be forgotten by the count.
+local KEY_FLIGHT_TTL_MS = 24 * 3600 * 1000
+
 local function key_in_flight(key_id, now)
   local key = k_key_flight(key_id)
   local running = 0
@@ -80,11 +89,12 @@ local function key_in_flight(key_id, now)
       redis.call('ZREM', key, member)
     end
   end
+  if running > 0 then redis.call('PEXPIRE', key, KEY_FLIGHT_TTL_MS) end
   return running
 end
 
--- No expiry on the key: a stream may renew its lease for longer than any fixed TTL. A key
--- nobody uses any more keeps at most max_in_flight ended members.
 local function key_took(key_id, node, lease, now)
-  redis.call('ZADD', k_key_flight(key_id), now, node .. ' ' .. lease)
+  local key = k_key_flight(key_id)
+  redis.call('ZADD', key, now, node .. ' ' .. lease)
+  redis.call('PEXPIRE', key, KEY_FLIGHT_TTL_MS)
 end
