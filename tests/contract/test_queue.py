@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from contract.fleet import Fleet, Lease, sleep_ms
+from llm_router.routing.queue import CapacityEvents, Waiter
 from llm_router.state.scripts import Granted, Queued, Refused
+from llm_router.tenancy import Tenancy
 
 M = "llama-3-8b.gguf"
 OTHER = "qwen2-7b.gguf"
@@ -219,6 +221,26 @@ async def test_release_publishes_nothing_when_nobody_waits(fleet: Fleet) -> None
         lease = await fleet.lease(M)
         await fleet.release(lease, exclude_model=M, cooldown_ms=10)
         assert await _events(pubsub, 0.15) == []
+
+
+async def test_a_waiter_shed_from_a_full_queue_is_told_by_an_event(fleet: Fleet) -> None:
+    await _full_node(fleet)
+    low = Tenancy(tenant="batch", priority=1)
+    assert isinstance(await fleet.acquire(M, ticket="low", tenancy=low, queue_max=1), Queued)
+    async with _subscribed(fleet) as pubsub:
+        high = Tenancy(tenant="chat", priority=8)
+        assert isinstance(await fleet.acquire(M, ticket="high", tenancy=high, queue_max=1), Queued)
+        # The shed ticket itself, on the capacity channel: its replica wakes that waiter.
+        assert await _events(pubsub, 1.0, expect=1) == ["low"]
+
+
+async def test_a_shed_ticket_wakes_its_own_waiter_wherever_it_stands() -> None:
+    events = CapacityEvents(pubsub_client=None, channel="unused")
+    first, last = Waiter(order=1, ticket="t1", model=M), Waiter(order=9, ticket="t9", model=M)
+    events.add(first)
+    events.add(last)
+    events.notify("t9")
+    assert last.wake.is_set() and not first.wake.is_set()
 
 
 async def test_head_leaving_wakes_the_next_waiter(fleet: Fleet) -> None:

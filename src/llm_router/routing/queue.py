@@ -4,9 +4,10 @@ The queue itself lives in Redis (``acquire.lua`` keeps its fair order); this mod
 decides *when* a local waiter asks again. One pub/sub subscription per replica hears
 "capacity freed for model M" and wakes this replica's first waiter for M in that order
 (the smallest place tag, which never changes while it waits, then the ticket, as the
-sorted set breaks ties): the only one here that can be at the head. A bounded fallback
-poll covers lost messages, a pub/sub reconnect, and heads whose replica died (their
-tickets expire, nobody publishes).
+sorted set breaks ties): the only one here that can be at the head. The same channel
+carries the tickets shed from a full queue, each waking its own waiter. A bounded
+fallback poll covers lost messages, a pub/sub reconnect, and heads whose replica died
+(their tickets expire, nobody publishes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: Names whose events are counted (see ``CapacityEvents.heard``) before the counts restart.
+_MAX_HEARD = 4096
 
 
 @dataclass(order=True)
@@ -46,6 +50,8 @@ class CapacityEvents:
         #: Events heard per model, ever: a request notes the count before its acquire call
         #: so that one heard while the call was out (nobody here to wake yet) is not lost.
         self._heard: dict[str, int] = defaultdict(int)
+        #: This replica's waiters by ticket: a ticket on the channel wakes that one waiter.
+        self._by_ticket: dict[str, Waiter] = {}
         self._task: asyncio.Task[None] | None = None
 
     def heard(self, model: str) -> int:
@@ -58,11 +64,13 @@ class CapacityEvents:
         waiters = self._waiters[waiter.model]
         waiters.append(waiter)
         waiters.sort()
+        self._by_ticket[waiter.ticket] = waiter
         missed = heard_before is not None and self._heard[waiter.model] != heard_before
         if missed and waiters[0] is waiter:
             waiter.wake.set()
 
     def remove(self, waiter: Waiter) -> None:
+        self._by_ticket.pop(waiter.ticket, None)
         waiters = self._waiters.get(waiter.model)
         if waiters and waiter in waiters:
             waiters.remove(waiter)
@@ -90,9 +98,20 @@ class CapacityEvents:
                 counts[(waiter.tenant, waiter.band)] += 1
         return dict(counts)
 
-    def notify(self, model: str) -> None:
-        self._heard[model] += 1
-        waiters = self._waiters.get(model)
+    def notify(self, name: str) -> None:
+        """``name`` is a model whose capacity was freed: this replica's first waiter for it
+        looks. Or it is a ticket the queue let go of (shed from a full queue): its waiter
+        looks, wherever it stands, and hears so at once."""
+        shed = self._by_ticket.get(name)
+        if shed is not None:
+            shed.wake.set()
+            return
+        if len(self._heard) >= _MAX_HEARD:
+            # Other replicas' tickets count here as names too; forgetting the counts only
+            # makes a request that is joining the queue right now look once more.
+            self._heard.clear()
+        self._heard[name] += 1
+        waiters = self._waiters.get(name)
         if waiters:
             waiters[0].wake.set()
 

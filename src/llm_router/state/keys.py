@@ -138,7 +138,8 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """pub/sub channel: model ids whose capacity was freed (queue wake-ups)."""
+        """pub/sub channel: model ids whose capacity was freed (queue wake-ups), and tickets
+        shed from a full queue (their waiters learn it at once)."""
         return f"{self.base}events:capacity"
 
     @property

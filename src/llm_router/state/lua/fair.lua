@@ -47,8 +47,9 @@ local function fair_reset(m)
 end
 
 -- The queue is full. If its last ticket (the lowest band's last to be served) is in a
--- lower band than `tag`, refuse that waiter instead: its replica hears "shed" at its next
--- look. Returns true when a place was freed.
+-- lower band than `tag`, refuse that waiter instead: the ticket published on the capacity
+-- channel wakes its waiter, which hears "shed" when it looks. Returns true when a place
+-- was freed.
 local function shed_below(m, tag, now, ticket_ttl)
   local last = redis.call('ZRANGE', k_queue(m), -1, -1, 'WITHSCORES')
   if #last == 0 or band_of(tonumber(last[2])) >= band_of(tag) then return false end
@@ -56,6 +57,7 @@ local function shed_below(m, tag, now, ticket_ttl)
   redis.call('ZREM', k_queue_alive(m), last[1])
   redis.call('HDEL', k_queue_info(m), last[1])
   cool_down(k_queue_shed(m), last[1], now + ticket_ttl, now)
+  redis.call('PUBLISH', k_events(), last[1])
   return true
 end
 
