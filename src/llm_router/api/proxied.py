@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from llm_router.errors import BodyTooLarge, ClientClosedRequest, MethodNotAllowe
 from llm_router.node.asgi import BodyTooLarge as BodyOverLimit
 from llm_router.node.asgi import ClientGone, read_body
 from llm_router.routing.endpoints import Endpoint, ModelFrom, routes
+from llm_router.routing.ids import new_id
 from llm_router.routing.proxy import Call, ProxyReply
 from llm_router.security.guard import Guard
 from llm_router.tenancy import DEFAULT_TENANCY
@@ -40,7 +40,7 @@ def request_id_of(headers: Mapping[str, str]) -> str:
     given = headers.get("x-request-id")
     if given and _REQUEST_ID_RE.match(given):
         return given
-    return uuid.uuid4().hex
+    return new_id()
 
 
 #: A request still running after this long starts watching for its client's disconnect.

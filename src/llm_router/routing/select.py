@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from llm_router.errors import (
     RouterError,
     ShuttingDown,
 )
+from llm_router.routing.ids import new_id
 from llm_router.routing.node_hop import node_credential
 from llm_router.routing.queue import CapacityEvents, Waiter
 from llm_router.state.scripts import (
@@ -122,7 +122,7 @@ class Dispatcher:
         """
         if self.closing:
             raise ShuttingDown("this router replica is shutting down", retry_after_s=1)
-        ticket = uuid.uuid4().hex
+        ticket = new_id()
         heard = self._events.heard(model)
         result = await self._try(model, ticket, want, affinity, tenancy)
         if isinstance(result, Granted):
@@ -136,7 +136,7 @@ class Dispatcher:
     ) -> Granted | Queued | KeyWait | Refused:
         return await self._scripts.acquire(
             model=model,
-            lease_id=uuid.uuid4().hex,
+            lease_id=new_id(),
             lease_ttl_ms=self._limits.lease_ttl_ms,
             ticket=ticket,
             queue_max=self._limits.queue_max,
