@@ -3,62 +3,28 @@
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
-from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from llm_router import __version__
 from llm_router.api import nodes, openai, probes, proxied
+from llm_router.api.error_reply import error_reply
 from llm_router.api.proxied_schema import document_proxied
-from llm_router.errors import RouterError, dialect_body
 from llm_router.fleet import Fleet
 from llm_router.observability.worker_metrics import WorkerSlot
-from llm_router.routing.endpoints import dialect_of
 from llm_router.security.guard import Guard
 from llm_router.security.one_key import refuse_ambiguous_credentials
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import Store
 
-log = logging.getLogger(__name__)
 
-_HTTP_ERROR_TYPES = {
-    400: ("invalid_request_error", "invalid_request"),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", "permission_denied"),
-    404: ("invalid_request_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"),
-    415: ("invalid_request_error", "unsupported_media_type"),
-}
-
-
-# Errors answer in the dialect of the endpoint they happen on (Anthropic's paths speak
-# Anthropic), whether or not a route matched.
-
-
-def _router_error(request: Request[Any, Any, Any], exc: RouterError) -> Response[dict[str, Any]]:
-    body = exc.body(dialect_of(request.scope["path"]))
-    return Response(body, status_code=exc.status_code, headers=exc.headers)
-
-
-def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-    status = exc.status_code
-    error_type, code = _HTTP_ERROR_TYPES.get(status, ("server_error", "internal_error"))
-    message = exc.detail if status < 500 else "internal error"
-    body = dialect_body(dialect_of(request.scope["path"]), message, status, error_type, code)
-    return Response(body, status_code=status)
-
-
-def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    dialect = dialect_of(request.scope["path"])
-    body = dialect_body(dialect, "internal error", 500, "server_error", "internal_error")
-    return Response(body, status_code=500)
+def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    status, body, headers = error_reply(request.method, request.scope["path"], exc)
+    return Response(body, status_code=status, headers=headers)
 
 
 #: Tracked allocations between young collections (CPython's default is 700). A replica
@@ -106,11 +72,7 @@ def create_app(
 
     app = Litestar(
         route_handlers=[*nodes.HANDLERS, *openai.HANDLERS, *proxied.HANDLERS, *probes.HANDLERS],
-        exception_handlers={
-            RouterError: _router_error,
-            HTTPException: _http_error,
-            Exception: _unexpected,
-        },
+        exception_handlers={Exception: _error},
         lifespan=[lifespan],
         middleware=[refuse_ambiguous_credentials],
         request_max_body_size=settings.max_body_bytes,
@@ -119,6 +81,7 @@ def create_app(
         debug=False,
     )
     document_proxied(app.openapi_schema)
+    app.asgi_handler = proxied.front(app.asgi_handler)
     app.state.fleet = fleet
     app.state.guard = guard
     return app

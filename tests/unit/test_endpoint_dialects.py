@@ -130,3 +130,41 @@ async def test_openapi_documents_every_proxied_endpoint(client: AsyncTestClient[
             assert schema["required"] == ["model"]
         else:
             assert operation["parameters"][0]["name"] == "response_id"
+
+
+async def test_proxied_paths_skip_litestar_routing_with_the_same_answers(
+    client: AsyncTestClient[Any],
+) -> None:
+    """The hot path is served in front of Litestar's router; the answers are the ones
+    Litestar gives on the same paths (a trailing slash still goes through Litestar)."""
+    app = client.app
+    routed: list[str] = []
+    original = app.asgi_router.handle_routing
+
+    def counting(path: str, method: Any) -> Any:
+        routed.append(path)
+        return original(path=path, method=method)
+
+    app.asgi_router.handle_routing = counting  # type: ignore[method-assign]
+    body = {"model": "no/such-model", "messages": []}
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        front = await client.post(path, json=body, headers=BEARER)
+        via_litestar = await client.post(path + "/", json=body, headers=BEARER)
+        assert front.status_code == via_litestar.status_code == 404
+        assert front.json() == via_litestar.json()
+        assert front.headers["content-type"] == via_litestar.headers["content-type"]
+    assert routed == ["/v1/chat/completions", "/v1/messages"]  # the trailing-slash ones
+    assert (await client.get("/healthz")).status_code == 200
+    assert routed[-1] == "/healthz"
+
+
+async def test_a_bad_host_header_is_refused_on_the_proxied_paths(
+    client: AsyncTestClient[Any],
+) -> None:
+    answer = await client.post(
+        "/v1/chat/completions", json={"model": "m"}, headers={**BEARER, "host": "a b"}
+    )
+    assert answer.status_code == 400
+    assert assert_dialect(answer.json(), Dialect.OPENAI, "invalid_request_error") == (
+        "Invalid host header"
+    )

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from litestar import Request, Response, asgi, route
-from litestar.enums import HttpMethod
+from litestar._asgi.utils import is_valid_host
+from litestar.enums import HttpMethod, ScopeType
 from litestar.response import Stream
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_router.api.error_reply import error_reply
 from llm_router.api.request_model import target_of
 from llm_router.auth import Scope as AuthScope
-from llm_router.errors import BodyTooLarge, ClientClosedRequest, MethodNotAllowed
+from llm_router.auth import ambiguous_credentials
+from llm_router.errors import BodyTooLarge, ClientClosedRequest, InvalidRequest, MethodNotAllowed
 from llm_router.node.asgi import BodyTooLarge as BodyOverLimit
 from llm_router.node.asgi import ClientGone, read_body
 from llm_router.routing.endpoints import Endpoint, ModelFrom, routes
@@ -109,8 +113,8 @@ def _start_message(reply: ProxyReply) -> Message:
     return {"type": "http.response.start", "status": reply.status, "headers": headers}
 
 
-async def _send_reply(reply: ProxyReply, receive: Receive, send: Send) -> None:
-    await send(_start_message(reply))
+async def _send_reply(reply: ProxyReply, start: Message, receive: Receive, send: Send) -> None:
+    await send(start)
     if reply.chunks is None:
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})
         return
@@ -179,16 +183,29 @@ def _handler_name(path: str) -> str:
     return "proxied" + re.sub(r"[^a-z0-9]+", "_", path)
 
 
+async def _reply_of(
+    row: Endpoint, scope: Scope, receive: Receive
+) -> tuple[ProxyReply, Message] | None:
+    """The reply and its start message, or None when the client left. Anything raised here
+    comes before the reply starts, so it can still be answered as an error."""
+    method: str = scope["method"]  # type: ignore[typeddict-item]  # HTTP only here
+    if method != row.method:
+        raise MethodNotAllowed(f"{row.path} takes {row.method}, not {method}")
+    reply = await _proxy(row, scope, receive)
+    return None if reply is None else (reply, _start_message(reply))
+
+
+async def _serve_raw(row: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    made = await _reply_of(row, scope, receive)
+    if made is not None:
+        await _send_reply(*made, receive, send)
+
+
 def _raw_route(path: str, row: Endpoint) -> Any:
-    """A raw ASGI handler: the hot path, for every path without a parameter."""
+    """A raw ASGI handler, for the requests Litestar routes (see ``front``)."""
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        method: str = scope["method"]  # type: ignore[typeddict-item]  # HTTP only here
-        if method != row.method:
-            raise MethodNotAllowed(f"{path} takes {row.method}, not {method}")
-        reply = await _proxy(row, scope, receive)
-        if reply is not None:
-            await _send_reply(reply, receive, send)
+        await _serve_raw(row, scope, receive, send)
 
     endpoint.__name__ = _handler_name(path)
     return asgi(path, name=endpoint.__name__, copy_scope=False, include_in_schema=False)(endpoint)
@@ -231,3 +248,58 @@ def _handler(path: str, rows: tuple[Endpoint, ...]) -> Any:
 
 
 HANDLERS = [_handler(path, rows) for path, rows in routes().items()]
+
+
+#: The paths the front serves itself: every proxied path without a parameter.
+_FRONT = {path: rows[0] for path, rows in routes().items() if "{" not in path}
+_JSON = (b"content-type", b"application/json")
+
+
+async def _send_error(scope: Scope, send: Send, exc: Exception) -> None:
+    status, body, headers = error_reply(scope["method"], scope["path"], exc)  # type: ignore[typeddict-item]
+    content = orjson.dumps(body)
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw += [_JSON, (b"content-length", str(len(content)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
+def front(app: ASGIApp) -> ASGIApp:
+    """Serve the proxied paths before Litestar's routing and middleware see them.
+
+    Litestar's layers (exception middleware, router, route, our credentials middleware)
+    cost a few awaits and lookups per request; here the path is one dict lookup and the
+    rules are the same: ambiguous credentials get 400, a bad host header 400, an error
+    before the reply starts answers in the endpoint's dialect (the app's own
+    ``error_reply``), and one after it closes the connection. Anything else (a mounted
+    root path, a trailing slash, the paths naming a stored response, every other
+    endpoint) goes on to Litestar, which still routes the proxied paths the same way.
+    """
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        row = _FRONT.get(scope["path"]) if scope["type"] == ScopeType.HTTP else None
+        if row is None or scope.get("root_path"):
+            await app(scope, receive, send)
+            return
+        try:
+            problem = ambiguous_credentials(scope["headers"])
+            if problem is not None:
+                raise problem
+            if not _valid_host(scope["headers"]):
+                raise InvalidRequest("Invalid host header")
+            made = await _reply_of(row, scope, receive)
+        except Exception as exc:
+            await _send_error(scope, send, exc)
+            return
+        if made is not None:
+            await _send_reply(*made, receive, send)
+
+    return serve
+
+
+def _valid_host(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Litestar's own check on the ``Host`` header, for the requests it does not route."""
+    for name, value in headers:
+        if name == b"host":
+            return is_valid_host(value)
+    return True
