@@ -15,7 +15,11 @@ counter and a timer per request:
 - a replica holds at most ``max_connections`` client connections: one more is answered 503
   and closed at once, so an idle crowd cannot exhaust the process's descriptors.
 
-The response is not bounded here: a long stream is the product working.
+The response is not bounded here: a long stream is the product working. It is only
+corked: uvicorn writes a response's status line and headers, then its body, as two socket
+writes; ``LimitedHttpTools`` holds the first until the second (or the end of the loop
+turn), so a whole answer leaves in one ``send`` (measured: one system call less per
+request, a few per cent of a replica's CPU).
 """
 
 from __future__ import annotations
@@ -37,6 +41,51 @@ def _reply(status: bytes, text: bytes) -> bytes:
 _TOO_LARGE = _reply(b"431 Request Header Fields Too Large", b"request head too large\n")
 _HEAD_TIMEOUT = _reply(b"408 Request Timeout", b"request head not received in time\n")
 _TOO_MANY = _reply(b"503 Service Unavailable", b"too many open connections\n")
+
+
+class CorkedTransport:
+    """A connection's transport as one response cycle sees it: the cycle's first write (the
+    status line and headers) waits for its second or for the end of the loop turn, and goes
+    out with it; every later write goes straight through.
+
+    Nothing else writes to the connection while a cycle's response is under way, and a
+    close flushes first, so no byte changes order.
+    """
+
+    __slots__ = ("_held", "_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._held = True
+        self._pending = b""
+        self._loop = loop
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._transport.write(data)
+        elif self._pending:
+            self._held = False
+            self._transport.write(self._pending + data)
+            self._pending = b""
+        else:
+            self._pending = bytes(data)
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._held = False
+        if self._pending:
+            data, self._pending = self._pending, b""
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 @dataclass(frozen=True)
@@ -102,7 +151,10 @@ class LimitedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._arm(self.limits.body_timeout_s)
+        existing = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not existing:  # not an upgrade
+            self.cycle.transport = CorkedTransport(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._disarm()
