@@ -53,6 +53,7 @@ from llm_router.routing.attempts import (
     connection_failure,
     request_digest,
 )
+from llm_router.routing.deadline import Deadline
 from llm_router.routing.endpoints import Dialect, Endpoint
 from llm_router.routing.node_headers import SSE, media_type, passed_headers
 from llm_router.routing.response_ids import StreamIdFinder, id_of_object
@@ -334,9 +335,10 @@ class Proxy:
         url = lease.url + call.target
         method = call.endpoint.method
         node = lease.node_id
+        deadline = Deadline()
         trace.sending()
         try:
-            async with asyncio.timeout(self._config.first_byte_timeout_s):
+            with deadline.within(self._config.first_byte_timeout_s):
                 upstream = await self._session.request(
                     method,
                     url,
@@ -358,7 +360,7 @@ class Proxy:
             what = "answered with a redirect" if status < 400 else "failed"
             raise bad_answer(node, f"{what} ({status})")
         if status == 429:
-            content = await self._read_whole(upstream, node)
+            content = await self._read_whole(upstream, node, deadline)
             raise AttemptFailed(
                 _NodeAnswer((status, content, response_headers), "every capable node is busy"),
                 Verdict.BUSY,
@@ -371,7 +373,7 @@ class Proxy:
                 Verdict.STALE_SECRET,
             )
         if status in _DECLINED:
-            content = await self._read_whole(upstream, node)
+            content = await self._read_whole(upstream, node, deadline)
             # A stored response has no other node to try: its node's answer is final.
             if not call.response_id and declines_endpoint(status, content):
                 raise AttemptFailed(
@@ -391,7 +393,7 @@ class Proxy:
             )
 
         if media != SSE:
-            content = await self._read_whole(upstream, node)
+            content = await self._read_whole(upstream, node, deadline)
             response_id = ""
             if call.endpoint.records_response and status == 200:
                 response_id = id_of_object(content)
@@ -410,7 +412,7 @@ class Proxy:
             return self._answered(lease, trace, status, response_headers, content)
 
         try:
-            async with asyncio.timeout(self._config.first_byte_timeout_s):
+            with deadline.within(self._config.first_byte_timeout_s):
                 first = await upstream.content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             upstream.release()
@@ -478,7 +480,9 @@ class Proxy:
                 _recording(lease, found, call.model),
             )
 
-    async def _read_whole(self, upstream: aiohttp.ClientResponse, node: str) -> bytes:
+    async def _read_whole(
+        self, upstream: aiohttp.ClientResponse, node: str, deadline: Deadline
+    ) -> bytes:
         """The body of a non-streamed answer, within the size and time bounds."""
         limit = self._config.max_response_bytes
         try:
@@ -486,7 +490,7 @@ class Proxy:
                 raise bad_answer(node, f"sent an answer larger than {limit} bytes")
             chunks: list[bytes] = []
             size = 0
-            async with asyncio.timeout(self._config.response_body_timeout_s):
+            with deadline.within(self._config.response_body_timeout_s):
                 async for chunk in upstream.content.iter_any():
                     size += len(chunk)
                     if size > limit:
