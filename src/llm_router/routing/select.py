@@ -96,9 +96,10 @@ class Dispatcher:
         self._limits = limits
         self._leases: dict[str, str] = {}
         self._renewer: asyncio.Task[None] | None = None
-        # Leases ended but not yet released in Redis, and the flushes sending them.
+        # Leases ended but not yet released in Redis, and the flush sending them (one at most).
         self._ending: list[Ending] = []
         self._flushes: set[asyncio.Task[None]] = set()
+        self._flushing = False
         self.closing = False
 
     @property
@@ -311,24 +312,35 @@ class Dispatcher:
     def release_soon(self, lease: Lease, ending: Ending | None = None) -> None:
         """End a lease without making the client wait for Redis.
 
-        Leases ended in the same turn of the event loop go out in one script call, so a busy
-        replica pays one round trip for many releases. Stopping the dispatcher flushes them.
+        One flush at a time sends every lease ended so far in one script call; leases that
+        end while it waits for Redis go out together in its next call. A busy replica thus
+        pays one round trip for many releases, and no task per release. Stopping the
+        dispatcher flushes them. If the replica dies first, the leases expire in Redis.
         """
         if self._leases.pop(lease.lease_id, None) is None:
             return
         self._ending.append(ending or Ending(lease.node_id, lease.lease_id))
-        if len(self._ending) == 1:
+        if not self._flushing:
+            self._flushing = True
             task = asyncio.get_running_loop().create_task(self._flush_releases())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
     async def _flush_releases(self) -> None:
-        await asyncio.sleep(0)  # let the rest of this loop turn add its releases
-        batch, self._ending = self._ending, []
         try:
-            await self._scripts.release_many(batch, self._limits.response_ttl_ms)
-        except RouterError as exc:
-            log.warning("could not release %d leases: %s (they will expire)", len(batch), exc)
+            await asyncio.sleep(0)  # let the rest of this loop turn add its releases
+            while self._ending:
+                batch, self._ending = self._ending, []
+                try:
+                    await self._scripts.release_many(batch, self._limits.response_ttl_ms)
+                except RouterError as exc:
+                    log.warning(
+                        "could not release %d leases: %s (they will expire)", len(batch), exc
+                    )
+        finally:
+            # No await since the last look at ``_ending``: a release ended from now on
+            # starts the next flush.
+            self._flushing = False
 
     # --- keep-alive -----------------------------------------------------------------------
 
