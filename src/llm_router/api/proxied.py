@@ -3,8 +3,9 @@
 Handlers stay thin: authenticate, find the model (JSON body, form field or stored
 response), hand over to the proxy. The body itself is forwarded as received (never
 re-serialised). The hot path skips Litestar's request and response objects (measured:
-about 200 µs of CPU per request); errors raised before the reply starts are rendered by
-the app's exception handlers, in the endpoint's dialect.
+about 200 µs of CPU per request), and ``front`` serves it before Litestar's routing and
+middleware; errors raised before the reply starts are rendered by ``error_reply``, in the
+endpoint's dialect, on either path.
 """
 
 from __future__ import annotations
