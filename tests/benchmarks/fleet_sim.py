@@ -73,11 +73,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rare-models", type=int, default=30, help="model ids on a few nodes each")
     p.add_argument("--rare-nodes", type=int, default=3, help="nodes per rare model")
     p.add_argument("--zipf", type=float, default=0.8, help="skew of the popular models")
-    p.add_argument("--rate", type=float, default=1000.0, help="requests/s (open loop)")
+    p.add_argument("--rate", type=float, default=1000.0, help="requests/s driven (open loop)")
+    p.add_argument(
+        "--target-rate", type=float, default=1000.0, help="requests/s the extrapolation assumes"
+    )
+    p.add_argument("--request-timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--rare-share", type=float, default=0.05, help="share of requests for rare")
     p.add_argument("--top-models", type=int, default=50, help="popular models requested")
     p.add_argument("--change-share", type=float, default=0.05, help="beats that change a thing")
-    p.add_argument("--idle", type=float, help="heartbeat-only seconds per point (15; quick 8)")
+    p.add_argument("--idle", type=float, help="heartbeat-only seconds per point (15; quick 5)")
     p.add_argument("--duration", type=float, help="seconds with requests per point (30; quick 15)")
     p.add_argument("--sample", type=float, default=3.0, help="SLOWLOG sampling seconds")
     p.add_argument("--via", choices=("scripts", "http"), default="scripts")
@@ -88,8 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.nodes = "1000"
-        args.memory_probe = min(args.memory_probe, 300)
-    args.idle = args.idle or (8.0 if args.quick else 15.0)
+        args.memory_probe = 0
+        args.request_timeout = min(args.request_timeout, 5.0)
+    args.idle = args.idle or (5.0 if args.quick else 15.0)
     args.duration = args.duration or (15.0 if args.quick else 30.0)
     args.sizes = [int(n) for n in args.nodes.split(",") if n.strip()]
     lo, _, hi = args.models_per_node.partition("-")
@@ -280,6 +285,7 @@ async def with_requests(
         sys.executable, "-m", "tests.benchmarks.fleet_load", "--urls", ",".join(urls),
         "--mix", str(mix_file), "--rate", str(args.rate), "--duration", str(args.duration),
         "--sample", str(args.sample), "--warmup", "3", "--seed", str(args.seed),
+        "--timeout", str(args.request_timeout),
     ]  # fmt: skip
     with log.open("ab") as errors:
         child = await asyncio.create_subprocess_exec(
@@ -369,21 +375,25 @@ async def memory_probe(port: int, nodes: int, pool: int) -> dict[str, Any]:
 
 
 def costs(point: dict[str, Any]) -> dict[str, Any]:
-    """Redis CPU µs per heartbeat (heartbeat-only window, router background included) and
-    per request (what the request load added, per request completed)."""
+    """Redis CPU µs per heartbeat (the heartbeat-only window, the replicas' background work
+    included) and per request: what the loaded window cost beyond the heartbeats it
+    actually carried, per request completed."""
     idle, busy = point["idle"], point["busy"]
     beats = idle["heartbeats"]["beats_per_s"]
+    busy_beats = busy["heartbeats"]["beats_per_s"]
     rps = busy["requests"]["achieved_rps"]
-    per_beat = idle["redis_cpu_pct"] / 100 / beats * 1e6 if beats else None
-    added = (busy["redis_cpu_pct"] - idle["redis_cpu_pct"]) / 100
-    per_request = added / rps * 1e6 if rps else None
-    script_us = busy["script_server_us_per_s"] - idle["script_server_us_per_s"]
+    if not beats or not rps:
+        return dict.fromkeys(
+            ("per_heartbeat_us", "per_request_us", "heartbeat_script_us", "request_scripts_us")
+        )
+    per_beat = idle["redis_cpu_pct"] / 100 / beats * 1e6
+    beat_script = idle["script_server_us_per_s"] / beats
     return {
         "per_heartbeat_us": per_beat,
-        "per_request_us": per_request,
-        # The same split of the scripts' own server time (commandstats, unperturbed).
-        "heartbeat_script_us": idle["script_server_us_per_s"] / beats if beats else None,
-        "request_scripts_us": script_us / rps if rps else None,
+        "per_request_us": (busy["redis_cpu_pct"] / 100 * 1e6 - busy_beats * per_beat) / rps,
+        # The same split of the scripts' own server time (commandstats; no SLOWLOG cost).
+        "heartbeat_script_us": beat_script,
+        "request_scripts_us": (busy["script_server_us_per_s"] - busy_beats * beat_script) / rps,
     }
 
 
@@ -406,7 +416,7 @@ def extrapolate(point: dict[str, Any], rate: float, ceiling: float) -> dict[str,
     if not beat or req is None:
         return {"max_nodes": None, "arithmetic": "not enough data"}
     room = ceiling - rate * max(req, 0.0) / 1e6
-    nodes = HEARTBEAT_S * room / (beat / 1e6)
+    nodes = max(0.0, HEARTBEAT_S * room / (beat / 1e6))
     arithmetic = (
         f"N = {HEARTBEAT_S:g} s * ({ceiling:.2f} - {rate:,.0f}/s * {req:.1f} µs) / {beat:.1f} µs"
         f" = {HEARTBEAT_S:g} * {room:.3f} / {beat / 1e6:.7f} s = {nodes:,.0f} nodes"
@@ -495,7 +505,9 @@ async def simulate(
     return {
         "points": points,
         "driver_errors": clock.errors,
-        "extrapolation": extrapolate(basis(points), args.rate, args.ceiling) if points else {},
+        "extrapolation": extrapolate(basis(points), args.target_rate, args.ceiling)
+        if points
+        else {},
     }
 
 
@@ -527,7 +539,7 @@ def markdown(result: dict[str, Any]) -> str:
     fleet = _table(
         ["nodes", "(node, model) pairs", "nodes per model min / median / max", "heartbeats/s",
          "Redis CPU % heartbeats only", "Redis CPU % + requests", "requests/s done (asked)",
-         "request errors"],
+         "request errors", "beats on time with requests"],
         [
             [
                 f"{p['nodes']:,}",
@@ -542,6 +554,8 @@ def markdown(result: dict[str, Any]) -> str:
                     sum(v for k, v in p["busy"]["requests"]["statuses"].items() if k != "200")
                     + p["busy"]["requests"]["shed_at_in_flight_cap"]
                 ),
+                f"{p['busy']['heartbeats']['beats_per_s'] * HEARTBEAT_S / p['nodes']:.0%}"
+                + ("" if kept_up(p) else " (behind)"),
             ]
             for p in points
         ],
@@ -599,7 +613,8 @@ def markdown(result: dict[str, Any]) -> str:
     ext = result["extrapolation"]
     if ext.get("max_nodes"):
         out.append(
-            f"Largest fleet at {cfg['rate']:,.0f} req/s under {cfg['ceiling']:.0%} Redis CPU, "
+            f"Largest fleet at {cfg['target_rate']:,.0f} req/s under {cfg['ceiling']:.0%} "
+            "Redis CPU, "
             f"from the {ext['basis_nodes']:,}-node point's costs: {ext['arithmetic']}."
         )
     return "\n".join(out)
@@ -635,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             "catalog_size": args.catalog + args.rare_models,
             "rare_nodes": args.rare_nodes,
             "rate": args.rate,
+            "target_rate": args.target_rate,
             "rare_share": args.rare_share,
             "change_share": args.change_share,
             "idle": args.idle,
