@@ -129,13 +129,19 @@ class _MuxScripts(FleetScripts):
 
 
 def multiplexed_registry(
-    redis: Any, port: int, *, alive_ttl_ms: int, forget_ms: int, client_name: str
+    redis: Any,
+    port: int,
+    *,
+    alive_ttl_ms: int,
+    forget_ms: int,
+    client_name: str,
+    timeout_s: float = 30.0,
 ) -> tuple[NodeRegistry, MultiplexedRedis]:
     """A ``NodeRegistry`` as a router replica builds it, on Redis at 127.0.0.1:``port``,
     whose script calls all share one multiplexed link (close the link when done)."""
     keys = Keys("llmr")
     mux = MultiplexedRedis(
-        fixed(Address("127.0.0.1", port)), Handshake(client_name=client_name), 10.0
+        fixed(Address("127.0.0.1", port)), Handshake(client_name=client_name), timeout_s
     )
     scripts = _MuxScripts(redis, keys, mux)
     return NodeRegistry(redis, keys, scripts, RegistryConfig(alive_ttl_ms, forget_ms)), mux

@@ -356,7 +356,16 @@ async def grow(
             VirtualNode(i, catalog.models_for(i, rng, lo, hi), {"running": 0, "waiting": 0})
             for i in range(len(nodes), min(len(nodes) + batch, target))
         ]
-        await asyncio.gather(*(transport.register(n) for n in new))
+        for attempt in range(5):  # a store that timed out fails every call on the link
+            done = await asyncio.gather(
+                *(transport.register(n) for n in new if not n.node_id), return_exceptions=True
+            )
+            errors = [e for e in done if isinstance(e, BaseException)]
+            if not errors:
+                break
+            if attempt == 4:
+                raise errors[0]
+            await asyncio.sleep(1.0)  # as an agent backs off before registering again
         nodes.extend(new)
         clock.add(new)
     return time.perf_counter() - began
