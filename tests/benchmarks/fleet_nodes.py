@@ -333,7 +333,10 @@ class HeartbeatClock:
             k += 1
 
     async def stop(self) -> None:
+        """Stop beating; beats still waiting on a stalled store are abandoned, not awaited."""
         self._stop.set()
+        for task in self._tasks:
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

@@ -174,7 +174,9 @@ class SlowlogSample:
         await self.redis.slowlog_reset()
         times: dict[str, list[float]] = {}
         for entry in entries:
-            raw = entry["command"]
+            raw, client = entry["command"], entry.get("client_address", b"")
+            if (client.decode() if isinstance(client, bytes) else str(client)) == "?:0":
+                continue  # run inside a script: already in that script's duration
             words = (raw.decode(errors="replace") if isinstance(raw, bytes) else raw).split()
             if not words:
                 continue
@@ -184,12 +186,27 @@ class SlowlogSample:
         return {
             name: {
                 "calls_per_s": len(us) / seconds,
+                "total_us_per_s": sum(us) / seconds,
                 "mean_us": sum(us) / len(us),
                 "p50_us": percentile(us, 50),
                 "p99_us": percentile(us, 99),
             }
             for name, us in sorted(times.items(), key=lambda kv: -sum(kv[1]))
         }
+
+
+#: Who a top-level command in SLOWLOG is charged to; everything else (the replicas'
+#: background scripts and reads, this harness's probes) is overhead.
+REQUEST_PATH = frozenset({"acquire", "release", "renew", "fail", "leave_queue", "rate_limit"})
+NODE_PATH = frozenset({"heartbeat", "register"})
+
+
+def shares(slowlog: dict[str, Any]) -> dict[str, float]:
+    """Each path's share of Redis's command time in the sample."""
+    total = sum(row["total_us_per_s"] for row in slowlog.values()) or 1.0
+    requests = sum(r["total_us_per_s"] for n, r in slowlog.items() if n in REQUEST_PATH)
+    nodes = sum(r["total_us_per_s"] for n, r in slowlog.items() if n in NODE_PATH)
+    return {"requests": requests / total, "nodes": nodes / total}
 
 
 _SCRIPT_SECONDS = "llm_router_redis_command_seconds"
@@ -375,25 +392,22 @@ async def memory_probe(port: int, nodes: int, pool: int) -> dict[str, Any]:
 
 
 def costs(point: dict[str, Any]) -> dict[str, Any]:
-    """Redis CPU µs per heartbeat (the heartbeat-only window, the replicas' background work
-    included) and per request: what the loaded window cost beyond the heartbeats it
-    actually carried, per request completed."""
+    """Redis CPU µs per heartbeat: the heartbeat-only window's CPU per beat (the replicas'
+    idle background included). Per request: the loaded window's CPU times the request
+    path's share of command time in the SLOWLOG sample, per request completed (a
+    difference of two windows' CPU would drown a small request load in the heartbeats'
+    noise)."""
     idle, busy = point["idle"], point["busy"]
     beats = idle["heartbeats"]["beats_per_s"]
-    busy_beats = busy["heartbeats"]["beats_per_s"]
     rps = busy["requests"]["achieved_rps"]
-    if not beats or not rps:
-        return dict.fromkeys(
-            ("per_heartbeat_us", "per_request_us", "heartbeat_script_us", "request_scripts_us")
-        )
-    per_beat = idle["redis_cpu_pct"] / 100 / beats * 1e6
-    beat_script = idle["script_server_us_per_s"] / beats
+    split = shares(busy.get("slowlog", {}))
+    cpu = busy["redis_cpu_pct"] / 100 * 1e6  # µs of CPU per second
+    busy_beats = busy["heartbeats"]["beats_per_s"]
     return {
-        "per_heartbeat_us": per_beat,
-        "per_request_us": (busy["redis_cpu_pct"] / 100 * 1e6 - busy_beats * per_beat) / rps,
-        # The same split of the scripts' own server time (commandstats; no SLOWLOG cost).
-        "heartbeat_script_us": beat_script,
-        "request_scripts_us": (busy["script_server_us_per_s"] - busy_beats * beat_script) / rps,
+        "per_heartbeat_us": idle["redis_cpu_pct"] / 100 * 1e6 / beats if beats else None,
+        "per_request_us": cpu * split["requests"] / rps if rps else None,
+        "per_heartbeat_loaded_us": cpu * split["nodes"] / busy_beats if busy_beats else None,
+        "shares": split,
     }
 
 
@@ -585,8 +599,8 @@ def markdown(result: dict[str, Any]) -> str:
     )  # fmt: skip
     memory = _table(
         ["nodes", "used_memory (fleet) MB", "bytes per node", "bytes per (node, model)",
-         "Redis CPU µs per heartbeat", "Redis CPU µs per request",
-         "script server µs per heartbeat", "script server µs per request"],
+         "Redis CPU µs per heartbeat (heartbeats only)", "(with requests)",
+         "Redis CPU µs per request", "request path / node path share of command time"],
         [
             [
                 f"{p['nodes']:,}",
@@ -594,9 +608,9 @@ def markdown(result: dict[str, Any]) -> str:
                 _fmt(p["bytes_per_node"]),
                 _fmt(p["bytes_per_pair"]),
                 _fmt(p["costs"]["per_heartbeat_us"], 1),
+                _fmt(p["costs"]["per_heartbeat_loaded_us"], 1),
                 _fmt(p["costs"]["per_request_us"], 1),
-                _fmt(p["costs"]["heartbeat_script_us"], 1),
-                _fmt(p["costs"]["request_scripts_us"], 1),
+                f"{p['costs']['shares']['requests']:.0%} / {p['costs']['shares']['nodes']:.0%}",
             ]
             for p in points
         ],
