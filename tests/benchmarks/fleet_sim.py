@@ -83,12 +83,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--change-share", type=float, default=0.05, help="beats that change a thing")
     p.add_argument("--idle", type=float, help="heartbeat-only seconds per point (15; quick 5)")
     p.add_argument("--duration", type=float, help="seconds with requests per point (30; quick 15)")
-    p.add_argument("--sample", type=float, default=3.0, help="SLOWLOG sampling seconds")
+    p.add_argument("--sample", type=float, default=2.0, help="SLOWLOG sampling seconds")
+    p.add_argument(
+        "--slowlog-us", type=int, default=10, help="SLOWLOG threshold while sampling (µs)"
+    )
     p.add_argument("--via", choices=("scripts", "http"), default="scripts")
     p.add_argument("--ceiling", type=float, default=0.80, help="Redis CPU ceiling (fraction)")
     p.add_argument("--memory-probe", type=int, default=1000, help="nodes per probe fleet; 0 off")
     p.add_argument("--nice", type=int, default=10, help="niceness for this run and its children")
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--render", type=Path, help="print the tables of a results JSON, run nothing")
     args = p.parse_args(argv)
     if args.quick:
         args.nodes = "1000"
@@ -153,17 +157,18 @@ class SlowlogSample:
     """Every command Redis runs, with its server time, while sampling (SLOWLOG at 0 µs);
     the settings are put back afterwards."""
 
-    MAX = 200_000
+    MAX = 20_000
 
-    def __init__(self, redis: Redis, shas: dict[str, str]) -> None:
+    def __init__(self, redis: Redis, shas: dict[str, str], slower_than_us: int) -> None:
         self.redis = redis
         self.shas = shas
+        self.slower_than_us = slower_than_us
         self.saved: dict[Any, Any] = {}
 
     async def start(self) -> None:
         self.saved = dict(await self.redis.config_get("slowlog-*"))
         await self.redis.config_set("slowlog-max-len", self.MAX)
-        await self.redis.config_set("slowlog-log-slower-than", 0)
+        await self.redis.config_set("slowlog-log-slower-than", self.slower_than_us)
         await self.redis.slowlog_reset()
 
     async def finish(self, seconds: float) -> dict[str, Any]:
@@ -201,12 +206,19 @@ REQUEST_PATH = frozenset({"acquire", "release", "renew", "fail", "leave_queue", 
 NODE_PATH = frozenset({"heartbeat", "register"})
 
 
+_PATHS = ("requests", "nodes", "other")
+
+
 def shares(slowlog: dict[str, Any]) -> dict[str, float]:
     """Each path's share of Redis's command time in the sample."""
     total = sum(row["total_us_per_s"] for row in slowlog.values()) or 1.0
     requests = sum(r["total_us_per_s"] for n, r in slowlog.items() if n in REQUEST_PATH)
     nodes = sum(r["total_us_per_s"] for n, r in slowlog.items() if n in NODE_PATH)
-    return {"requests": requests / total, "nodes": nodes / total}
+    return {
+        "requests": requests / total,
+        "nodes": nodes / total,
+        "other": 1 - (requests + nodes) / total,
+    }
 
 
 _SCRIPT_SECONDS = "llm_router_redis_command_seconds"
@@ -310,7 +322,7 @@ async def with_requests(
         )
     assert child.stdout is not None
     out: dict[str, Any] = {}
-    slowlog = SlowlogSample(redis, shas)
+    slowlog = SlowlogSample(redis, shas, args.slowlog_us)
     a = b = None
     try:
         async for raw in child.stdout:
@@ -392,17 +404,20 @@ async def memory_probe(port: int, nodes: int, pool: int) -> dict[str, Any]:
 
 
 def costs(point: dict[str, Any]) -> dict[str, Any]:
-    """Redis CPU µs per heartbeat: the heartbeat-only window's CPU per beat (the replicas'
-    idle background included). Per request: the loaded window's CPU times the request
+    """Redis CPU µs per heartbeat: the heartbeat-only window's CPU per script call Redis ran
+    (the replicas' idle background included). Per request: the loaded window's CPU times the request
     path's share of command time in the SLOWLOG sample, per request completed (a
     difference of two windows' CPU would drown a small request load in the heartbeats'
     noise)."""
     idle, busy = point["idle"], point["busy"]
-    beats = idle["heartbeats"]["beats_per_s"]
+    # What Redis ran, not what the driver saw answered: a driver starved of CPU reads its
+    # replies late, but Redis did the work (the replicas' few background calls included).
+    beats = idle["script_calls_per_s"]
     rps = busy["requests"]["achieved_rps"]
     split = shares(busy.get("slowlog", {}))
     cpu = busy["redis_cpu_pct"] / 100 * 1e6  # µs of CPU per second
-    busy_beats = busy["heartbeats"]["beats_per_s"]
+    node_calls = busy.get("slowlog", {})
+    busy_beats = sum(node_calls.get(n, {}).get("calls_per_s", 0.0) for n in NODE_PATH)
     return {
         "per_heartbeat_us": idle["redis_cpu_pct"] / 100 * 1e6 / beats if beats else None,
         "per_request_us": cpu * split["requests"] / rps if rps else None,
@@ -444,7 +459,7 @@ def extrapolate(point: dict[str, Any], rate: float, ceiling: float) -> dict[str,
 async def simulate(
     args: argparse.Namespace, redis_port: int, upstream_port: int, urls: list[str], work: Path
 ) -> dict[str, Any]:
-    redis = Redis(host="127.0.0.1", port=redis_port)
+    redis = Redis(host="127.0.0.1", port=redis_port, socket_timeout=60)
     shas = script_names_by_sha(redis)
     baseline = await used_memory(redis)
     catalog = fn.Catalog.make(args.catalog, args.rare_models, args.rare_nodes, args.zipf)
@@ -465,7 +480,9 @@ async def simulate(
         transport, catalog, interval_s=HEARTBEAT_S, change_share=args.change_share
     )
     ticking = asyncio.create_task(clock.run())
-    points = []
+    points: list[dict[str, Any]] = []
+    partial = RESULTS / "fleet-sim-partial.json"  # what is measured so far, if a run dies
+    RESULTS.mkdir(parents=True, exist_ok=True)
     try:
         for size in args.sizes:
             print(f"  growing the fleet to {size:,} nodes ({transport.name})", flush=True)
@@ -507,6 +524,7 @@ async def simulate(
             }
             point["costs"] = costs(point)
             points.append(point)
+            partial.write_text(json.dumps({"points": points}, indent=2))
     finally:
         await clock.stop()
         ticking.cancel()
@@ -600,7 +618,7 @@ def markdown(result: dict[str, Any]) -> str:
     memory = _table(
         ["nodes", "used_memory (fleet) MB", "bytes per node", "bytes per (node, model)",
          "Redis CPU µs per heartbeat (heartbeats only)", "(with requests)",
-         "Redis CPU µs per request", "request path / node path share of command time"],
+         "Redis CPU µs per request", "command time: requests / nodes / other"],
         [
             [
                 f"{p['nodes']:,}",
@@ -610,7 +628,7 @@ def markdown(result: dict[str, Any]) -> str:
                 _fmt(p["costs"]["per_heartbeat_us"], 1),
                 _fmt(p["costs"]["per_heartbeat_loaded_us"], 1),
                 _fmt(p["costs"]["per_request_us"], 1),
-                f"{p['costs']['shares']['requests']:.0%} / {p['costs']['shares']['nodes']:.0%}",
+                " / ".join(f"{p['costs']['shares'][k]:.0%}" for k in _PATHS),
             ]
             for p in points
         ],
@@ -642,8 +660,22 @@ def _commit() -> str:
     return done.stdout.strip() or "?"
 
 
+def render(path: Path) -> str:
+    """The tables of an earlier run, its costs recomputed from the raw windows."""
+    result = json.loads(path.read_text())
+    for point in result["points"]:
+        point["costs"] = costs(point)
+    if result["points"]:
+        ceiling, rate = result["config"]["ceiling"], result["config"]["target_rate"]
+        result["extrapolation"] = extrapolate(basis(result["points"]), rate, ceiling)
+    return markdown(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return 0
     if args.nice:
         os.nice(args.nice)
     with contextlib.suppress(ImportError):
@@ -670,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle": args.idle,
             "duration": args.duration,
             "ceiling": args.ceiling,
+            "slowlog_us": args.slowlog_us,
         },
     }
     began = time.monotonic()
