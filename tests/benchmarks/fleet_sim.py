@@ -427,16 +427,16 @@ def costs(point: dict[str, Any]) -> dict[str, Any]:
 
 
 def kept_up(point: dict[str, Any]) -> bool:
-    """Redis had room and every node beat on time: the point's costs are not a queue's."""
+    """Redis ran every heartbeat due in the heartbeat-only window and sampled the request
+    path: the point's costs are measured, not bounded by a saturated server."""
     due = point["nodes"] / HEARTBEAT_S
-    beats = point["busy"]["heartbeats"]["beats_per_s"]
-    return bool(point["busy"]["redis_cpu_pct"] < 90 and beats >= 0.95 * due)
+    sampled = point["costs"]["shares"]["requests"] > 0
+    return bool(point["idle"]["script_calls_per_s"] >= 0.95 * due and sampled)
 
 
 def basis(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """The largest point that kept up (else the largest): costs measured at saturation
-    are bounded by it, not measured."""
-    return next((p for p in reversed(points) if kept_up(p)), points[-1])
+    """The largest point that kept up, else the smallest (the least saturated)."""
+    return next((p for p in reversed(points) if kept_up(p)), points[0])
 
 
 def extrapolate(point: dict[str, Any], rate: float, ceiling: float) -> dict[str, Any]:
@@ -449,6 +449,8 @@ def extrapolate(point: dict[str, Any], rate: float, ceiling: float) -> dict[str,
     arithmetic = (
         f"N = {HEARTBEAT_S:g} s * ({ceiling:.2f} - {rate:,.0f}/s * {req:.1f} µs) / {beat:.1f} µs"
         f" = {HEARTBEAT_S:g} * {room:.3f} / {beat / 1e6:.7f} s = {nodes:,.0f} nodes"
+        f" (heartbeats alone: {HEARTBEAT_S * ceiling / (beat / 1e6):,.0f} nodes; requests alone:"
+        f" {ceiling / (req / 1e6) if req > 0 else float('inf'):,.0f} req/s)"
     )
     return {"max_nodes": nodes, "arithmetic": arithmetic, "basis_nodes": point["nodes"]}
 
@@ -593,8 +595,7 @@ def markdown(result: dict[str, Any]) -> str:
                     sum(v for k, v in p["busy"]["requests"]["statuses"].items() if k != "200")
                     + p["busy"]["requests"]["shed_at_in_flight_cap"]
                 ),
-                f"{p['busy']['heartbeats']['beats_per_s'] * HEARTBEAT_S / p['nodes']:.0%}"
-                + ("" if kept_up(p) else " (behind)"),
+                f"{p['busy']['heartbeats']['beats_per_s'] * HEARTBEAT_S / p['nodes']:.0%}",
             ]
             for p in points
         ],
@@ -650,7 +651,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"and ≈ {_fmt(probe['per_node_fixed_bytes'])} bytes per node besides."
         )
     ext = result["extrapolation"]
-    if ext.get("max_nodes"):
+    if ext.get("max_nodes") is not None:
         out.append(
             f"Largest fleet at {cfg['target_rate']:,.0f} req/s under {cfg['ceiling']:.0%} "
             "Redis CPU, "
