@@ -10,11 +10,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from llm_router.protocol import HeartbeatRequest, RegisterRequest
 from llm_router.state.keys import Keys
+from llm_router.state.multiplex import Address, Handshake, MultiplexedRedis, fixed
 from llm_router.state.registry import NodeRegistry, Registration, RegistryConfig
 from llm_router.state.scripts import (
     NO_AFFINITY,
+    SCRIPT_NAMES,
     AcquireResult,
     Affinity,
     FleetScripts,
@@ -23,7 +27,18 @@ from llm_router.state.scripts import (
 )
 from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
 
-__all__ = ["Affinity", "Fleet", "Granted", "Queued", "Tenancy"]
+__all__ = [
+    "Affinity",
+    "Fleet",
+    "Granted",
+    "HeartbeatRequest",
+    "Queued",
+    "RegisterRequest",
+    "Registration",
+    "Tenancy",
+    "multiplexed_registry",
+    "script_names_by_sha",
+]
 
 ALIVE_TTL_MS = 3_600_000
 FORGET_MS = 86_400_000
@@ -97,3 +112,42 @@ class Fleet:
 
     async def release(self, node_id: str, lease: str) -> None:
         await self.scripts.release(node_id=node_id, lease_id=lease)
+
+
+class _MuxScripts(FleetScripts):
+    """The fleet's scripts with every call (heartbeats and registrations too, not only the
+    request path's) on one multiplexed connection: thousands of virtual nodes beating from
+    one process cost the driver little, and Redis sees what it sees from many replicas."""
+
+    async def _call(self, name: str, *args: str | int | float) -> Any:
+        script = self._scripts[name]
+        assert self._fast is not None
+        try:
+            return await self._fast.evalsha(script.sha, self._base, list(args))
+        except NoScriptError:  # not loaded yet: redis-py's Script loads it and calls again
+            return await script(keys=self._base, args=list(args))
+
+
+def multiplexed_registry(
+    redis: Any,
+    port: int,
+    *,
+    alive_ttl_ms: int,
+    forget_ms: int,
+    client_name: str,
+    timeout_s: float = 30.0,
+) -> tuple[NodeRegistry, MultiplexedRedis]:
+    """A ``NodeRegistry`` as a router replica builds it, on Redis at 127.0.0.1:``port``,
+    whose script calls all share one multiplexed link (close the link when done)."""
+    keys = Keys("llmr")
+    mux = MultiplexedRedis(
+        fixed(Address("127.0.0.1", port)), Handshake(client_name=client_name), timeout_s
+    )
+    scripts = _MuxScripts(redis, keys, mux)
+    return NodeRegistry(redis, keys, scripts, RegistryConfig(alive_ttl_ms, forget_ms)), mux
+
+
+def script_names_by_sha(redis: Any) -> dict[str, str]:
+    """SHA1 of each fleet script (as EVALSHA names it) -> the script's name."""
+    scripts = FleetScripts(redis, Keys("llmr"))
+    return {scripts._scripts[name].sha: name for name in SCRIPT_NAMES}
