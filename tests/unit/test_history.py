@@ -20,6 +20,7 @@ from llm_router.observability.history import (
     HistoryRecorder,
     HistoryView,
     bucket_start,
+    sample_period_ms,
 )
 from llm_router.observability.metrics import Counter
 from llm_router.observability.quantiles import TOP_INDEX, bucket_of, quantile_ms
@@ -101,8 +102,8 @@ async def test_two_replicas_fill_the_same_buckets_and_read_the_same_series(
     b.recorder.record("m1", 404, False, 0.001, None)  # the client's mistake does not
     await a.recorder.flush()
     await b.recorder.flush()
-    # A later, lower sample does not lower the bucket's peak.
-    await redis.delete(keys.leases(node_id), keys.queue_alive("m1"))
+    # A later, lower sample (the next sampling period) does not lower the bucket's peak.
+    await redis.delete(keys.leases(node_id), keys.queue_alive("m1"), keys.history_sampler)
     await a.recorder.flush()
 
     # Still filling, the bucket is not shown; once closed, both replicas read the same.
@@ -144,3 +145,42 @@ async def test_an_unreachable_store_drops_the_counts_and_says_so(
     await recorder.flush()
     assert replica.dropped.value() == 2
     await down.close()
+
+
+class CountingView(FleetView):
+    reads = 0
+
+    async def snapshot(self):  # type: ignore[no-untyped-def]
+        CountingView.reads += 1
+        return await super().snapshot()
+
+
+async def test_one_replica_samples_the_fleet_per_period_however_many_run(
+    fleet: tuple[object, Keys, NodeRegistry, str],
+) -> None:
+    """The peaks read every node record: replicas take turns, they do not each read."""
+    store, keys, registry, _ = fleet
+    redis = store.redis  # type: ignore[attr-defined]
+    CountingView.reads = 0
+    recorders = []
+    for _ in range(4):
+        view = CountingView(redis, keys, registry, forget_ms=600_000, ttl_s=0.0)
+        recorders.append(HistoryRecorder(redis, keys, view, Counter("d_total", "d")))
+    for recorder in recorders:
+        recorder.record("m1", 200, False, 0.040, None)
+        await recorder.flush()
+    assert CountingView.reads == 1
+    # Every replica's counts still land.
+    seconds, _ = await redis.time()
+    landed = 0
+    for start in (bucket_start(int(seconds)), bucket_start(int(seconds)) - BUCKET_S):
+        counts = await redis.hgetall(keys.history(start))  # the flushes may straddle an edge
+        landed += sum(int(v) for k, v in counts.items() if k.startswith(b"r:"))
+    assert landed == 4
+    # The period held by the sampler: at least the flush period, longer as the fleet grows.
+    assert 0 < await redis.pttl(keys.history_sampler) <= sample_period_ms(1)
+    assert sample_period_ms(1) == sample_period_ms(100) < sample_period_ms(10_000) == 20_000
+    # The next period, someone samples again.
+    await redis.delete(keys.history_sampler)
+    await recorders[2].flush()
+    assert CountingView.reads == 2

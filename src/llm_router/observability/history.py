@@ -7,10 +7,14 @@ set of peak gauges every replica raises (``ZADD GT``). Both expire on their own 
 leave the window, so nothing needs cleaning up and the layout is bounded.
 
 The request path only updates a few in-memory counters (``HistoryRecorder.record``). Every
-``FLUSH_S`` a background task adds them to the current bucket with one pipelined round trip,
-together with the peaks sampled from the fleet view. The bucket is chosen by the Redis clock
-(the fleet view's time), so replicas whose clocks disagree still fill the same buckets.
-A replica killed mid-way loses at most its last ``FLUSH_S`` of counts.
+``FLUSH_S`` a background task adds them to the current bucket with one pipelined round trip.
+The peaks come from the fleet view, which reads every node record: one replica at a time
+samples them (whoever takes ``history:sampler``), and the period grows with the fleet
+(``sample_period_ms``), so this background read costs Redis the same however many replicas
+run and stays bounded as the fleet grows wide. A sampler killed mid-way leaves the key to
+expire; the next period another replica takes it. The bucket is chosen by the Redis clock,
+so replicas whose clocks disagree still fill the same buckets. A replica killed mid-way
+loses at most its last ``FLUSH_S`` of counts.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ BUCKETS = WINDOW_S // BUCKET_S
 FLUSH_S = 2.0
 #: A bucket outlives the window by this much, so a reader at the window's edge finds it.
 _EXPIRY_SLACK_S = 60
+#: Fleet-wide, one fleet-view read per this many ms per node (at least every FLUSH_S):
+#: 2 ms a node reads a 10,000-node fleet every 20 s, about 500 node records a second.
+SAMPLE_MS_PER_NODE = 2
 #: Peak gauges kept per bucket: the longest queues and the busiest nodes.
 MAX_QUEUES = 64
 MAX_NODES = 128
@@ -62,6 +69,11 @@ def bucket_start(now_s: float) -> int:
     return int(now_s // BUCKET_S) * BUCKET_S
 
 
+def sample_period_ms(nodes: int) -> int:
+    """How long one fleet-wide peak sample holds before any replica takes the next."""
+    return max(int(FLUSH_S * 1000), nodes * SAMPLE_MS_PER_NODE)
+
+
 class HistoryRecorder(PeriodicFlush):
     """One replica's contribution: counts from the request path, peaks from the fleet view."""
 
@@ -74,6 +86,8 @@ class HistoryRecorder(PeriodicFlush):
         # Counts since the last flush, as hash field → increment.
         self._pending: dict[str, int] = {}
         self._model_fields: dict[str, tuple[str, str]] = {}
+        #: Nodes in the last fleet view this replica sampled: sizes the sampling period.
+        self._fleet_nodes = 0
 
     def record(
         self, model: str, status: int, broken: bool, total_s: float, ttft_s: float | None
@@ -92,17 +106,25 @@ class HistoryRecorder(PeriodicFlush):
             counts[name] = counts.get(name, 0) + 1
 
     async def flush(self) -> None:
-        try:
-            snap = await self._view.snapshot()
-        except STATE_DOWN as exc:
-            # The counts wait for the store (they are bounded: one field per label/bucket).
-            log.debug("history not written: %s", exc)
-            return
         pending, self._pending = self._pending, {}
-        peaks = _peaks(snap)
+        try:
+            now_s, sampling = await self._take_sample_turn()
+        except STATE_DOWN as exc:
+            # Not kept for later: a store that cannot answer this cannot take the counts.
+            self._drop(pending, exc)
+            return
+        peaks: dict[str, float] = {}
+        if sampling:
+            try:
+                snap = await self._view.snapshot()
+            except STATE_DOWN as exc:
+                log.debug("history peaks not sampled: %s", exc)
+            else:
+                peaks, now_s = _peaks(snap), snap.taken_at
+                self._fleet_nodes = len(snap.nodes)
         if not pending and not peaks:
             return
-        start = bucket_start(snap.taken_at)
+        start = bucket_start(now_s)
         expire_at = start + BUCKET_S + WINDOW_S + _EXPIRY_SLACK_S
         counts_key, peaks_key = self._keys.history(start), self._keys.history_peaks(start)
         pipe = self._redis.pipeline(transaction=False)
@@ -117,8 +139,19 @@ class HistoryRecorder(PeriodicFlush):
             await pipe.execute()
         except STORE_DOWN_ERRORS as exc:
             # Not retried: a partly applied pipeline would be counted twice.
-            self._dropped.inc(amount=sum(n for k, n in pending.items() if k.startswith(_REQUESTS)))
-            log.debug("history not written: %s", exc)
+            self._drop(pending, exc)
+
+    def _drop(self, pending: Mapping[str, int], exc: BaseException) -> None:
+        self._dropped.inc(amount=sum(n for k, n in pending.items() if k.startswith(_REQUESTS)))
+        log.debug("history not written: %s", exc)
+
+    async def _take_sample_turn(self) -> tuple[float, bool]:
+        """The Redis clock (s), and whether this replica samples the peaks this period."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.set(self._keys.history_sampler, "1", nx=True, px=sample_period_ms(self._fleet_nodes))
+        (seconds, micros), taken = await pipe.execute()
+        return int(seconds) + int(micros) / 1e6, bool(taken)
 
 
 def _busiest(values: Mapping[str, float], limit: int) -> dict[str, float]:

@@ -158,6 +158,12 @@ class Keys:
         return f"{self.base}history-peaks:{bucket_start_s}"
 
     @property
+    def history_sampler(self) -> str:
+        """string (``SET NX PX``): held by the replica that samples the fleet's peaks for the
+        history in this period; every other replica only adds its counts."""
+        return f"{self.base}history:sampler"
+
+    @property
     def api_keys(self) -> str:
         """hash: sha256(key) → JSON {scope, name, created}: keys managed in Redis."""
         return f"{self.base}apikeys"
