@@ -32,6 +32,8 @@ class StoreHandle:
     url: str
     probe_port: int
     proc: Proc
+    #: The sentinel's port on a Sentinel deployment, for counting what it is asked.
+    sentinel_port: int | None = None
 
 
 def _server(
@@ -92,7 +94,8 @@ def sentinel(stack: ProcessStack, work: Path, cpus: str | None) -> StoreHandle:
     _, sentinel_port = _server(stack, "sentinel", cpus, "--sentinel", conf=conf)
     client = redis.Redis(host="127.0.0.1", port=sentinel_port, socket_timeout=2)
     _wait(lambda: bool(client.sentinel_get_master_addr_by_name("bench")), "the sentinel")
-    return StoreHandle(f"redis+sentinel://127.0.0.1:{sentinel_port}/bench", port, proc)
+    url = f"redis+sentinel://127.0.0.1:{sentinel_port}/bench"
+    return StoreHandle(url, port, proc, sentinel_port)
 
 
 def cluster(stack: ProcessStack, work: Path, cpus: str | None) -> StoreHandle:
