@@ -183,23 +183,40 @@ def _ask_failover(topology: SentinelTopology) -> bool:
     return True
 
 
-async def test_sentinel_calls_follow_a_manual_failover(redis_sentinel: SentinelTopology) -> None:
-    sha = load(redis_sentinel.servers[:2])
-    old = redis_sentinel.primary
-    async with shared(redis_sentinel.url) as fast:
+def link_ports(server: Server) -> list[int]:
+    """The ports the request path's connections to ``server`` arrived on."""
+    clients = server.client().client_list()
+    return [int(c["laddr"].rpartition(":")[2]) for c in clients if c["name"] == CLIENT_NAME]
+
+
+async def follows_a_manual_failover(topology: SentinelTopology) -> None:
+    sha = load(topology.servers[:2])
+    old, new = topology.primary, topology.replica
+    async with shared(topology.url) as fast:
         await in_step(fast, sha, "{s}:k", "before")
-        assert has_link(old)
+        assert link_ports(old) == [topology.served(old)]
         wait_until(
-            lambda: _ask_failover(redis_sentinel), 20.0, "a replica fit to promote", interval_s=0.5
+            lambda: _ask_failover(topology), 20.0, "a replica fit to promote", interval_s=0.5
         )
-        wait_until(lambda: redis_sentinel.current_primary_port() != old.port, 20.0, "the promotion")
-        new = redis_sentinel.replica
+        wait_until(
+            lambda: topology.current_primary_port() != topology.served(old), 20.0, "the promotion"
+        )
         wait_until(lambda: new.client().role()[0] == "master", 20.0, "the replica to lead")
 
         failures = await _until_served(lambda: lands_on(fast, sha, new, "after"), 20.0)
         print(f"manual failover: calls failed before the new primary: {Counter(failures)}")
-        assert has_link(new)
+        assert link_ports(new) == [topology.served(new)]
         assert old.process.poll() is None, "the old primary stayed up throughout"
+
+
+async def test_sentinel_calls_follow_a_manual_failover(redis_sentinel: SentinelTopology) -> None:
+    await follows_a_manual_failover(redis_sentinel)
+
+
+async def test_sentinel_over_tls_calls_follow_a_manual_failover(
+    redis_tls_sentinel: SentinelTopology,
+) -> None:
+    await follows_a_manual_failover(redis_tls_sentinel)
 
 
 async def test_sentinel_frozen_primary_gives_bounded_failures_then_the_new_primary(

@@ -1,6 +1,6 @@
 """Real Redis topologies on loopback for the deployment tests: a 3-master Cluster, and a
-primary + replica + Sentinel set. Each server runs in memory only from a private temporary
-directory, in its own process group, and is killed when its topology closes.
+primary + replica + Sentinel set, optionally over TLS. Each server runs in memory only from a
+private temporary directory, in its own process group, and is killed when its topology closes.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import redis
 
 from integration.procs import port_is_free
 from redis_server import RedisServerError, free_port
+from tls_redis import Certificates, make_certificates
 
 START_TIMEOUT_S = 20.0
 LOOPBACK = "127.0.0.1"
@@ -74,13 +76,32 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _tls_args(certs: Certificates, tls_port: int) -> list[str]:
+    """TLS on ``tls_port`` beside the plain port, client certificates required, and TLS for
+    what the server itself connects to (a replica to its primary, a sentinel to both, the
+    cluster bus)."""
+    return [
+        "--tls-port", str(tls_port), "--tls-cert-file", certs.path("server.crt"),
+        "--tls-key-file", certs.path("server.key"), "--tls-ca-cert-file", certs.path("ca.crt"),
+        "--tls-auth-clients", "yes", "--tls-replication", "yes", "--tls-cluster", "yes",
+    ]  # fmt: skip
+
+
 @dataclass
 class Topology:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="llmr-topo-")))
     servers: list[Server] = field(default_factory=list)
+    #: Set on a TLS topology: the certificates, and each server's TLS port by plain port
+    #: (the plain ports stay for the tests' own probes).
+    certs: Certificates | None = None
+    tls_ports: dict[int, int] = field(default_factory=dict)
 
     def spawn(self, name: str, *args: str, port: int | None = None) -> Server:
         port = port or free_port()
+        if self.certs is not None:
+            # The TLS port carries the cluster bus on a TLS cluster: its +10000 must be free.
+            self.tls_ports[port] = cluster_port()
+            args = (*args, *_tls_args(self.certs, self.tls_ports[port]))
         log = self.workdir / f"{name}-{port}.log"
         process = subprocess.Popen(
             [_binary("redis-server"), *args, "--port", str(port), "--bind", LOOPBACK,
@@ -92,6 +113,20 @@ class Topology:
         self.servers.append(server)
         _wait(lambda: bool(server.client().ping()), START_TIMEOUT_S, f"{name} on {port}")
         return server
+
+    def served(self, server: Server) -> int:
+        """The port the others reach ``server`` on: its TLS port on a TLS topology."""
+        return self.tls_ports.get(server.port, server.port)
+
+    def tls_query(self, ca_certs: str | None = None) -> str:
+        """The URL options for this topology's CA (or ``ca_certs``) and client certificate."""
+        assert self.certs is not None, "not a TLS topology"
+        query = {
+            "ssl_ca_certs": ca_certs or self.certs.path("ca.crt"),
+            "ssl_certfile": self.certs.path("client.crt"),
+            "ssl_keyfile": self.certs.path("client.key"),
+        }
+        return urlencode(query)
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.log.name}\n{s.log_tail()}" for s in self.servers)
@@ -111,13 +146,18 @@ class ClusterTopology(Topology):
     @property
     def url(self) -> str:
         """Two seed nodes, as an operator would list them."""
-        seeds = ",".join(f"{LOOPBACK}:{s.port}" for s in self.servers[:2])
-        return f"redis+cluster://{seeds}"
+        seeds = ",".join(f"{LOOPBACK}:{self.served(s)}" for s in self.servers[:2])
+        if self.certs is None:
+            return f"redis+cluster://{seeds}"
+        return f"rediss+cluster://{seeds}?{self.tls_query()}"
 
 
-def start_cluster(masters: int = 3) -> ClusterTopology:
+def start_cluster(masters: int = 3, *, tls: bool = False) -> ClusterTopology:
+    """``masters`` masters sharing the slots; with ``tls``, clients and the cluster bus
+    speak TLS with client certificates, from a CA made here."""
     topo = ClusterTopology()
     try:
+        topo.certs = make_certificates(topo.workdir) if tls else None
         for i in range(masters):
             conf = topo.workdir / f"nodes-{i}.conf"
             topo.spawn(
@@ -126,9 +166,14 @@ def start_cluster(masters: int = 3) -> ClusterTopology:
                 "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
                 port=cluster_port(),
             )  # fmt: skip
+        tls_cli = []
+        if topo.certs is not None:
+            tls_cli = ["--tls", "--cacert", topo.certs.path("ca.crt"),
+                       "--cert", topo.certs.path("client.crt"),
+                       "--key", topo.certs.path("client.key")]  # fmt: skip
         created = subprocess.run(
-            [_binary("redis-cli"), "--cluster", "create",
-             *(f"{LOOPBACK}:{s.port}" for s in topo.servers),
+            [_binary("redis-cli"), *tls_cli, "--cluster", "create",
+             *(f"{LOOPBACK}:{topo.served(s)}" for s in topo.servers),
              "--cluster-replicas", "0", "--cluster-yes"],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )  # fmt: skip
@@ -165,23 +210,35 @@ class SentinelTopology(Topology):
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://{LOOPBACK}:{self.sentinel.port}/{self.service}"
+        if self.certs is None:
+            return f"redis+sentinel://{LOOPBACK}:{self.sentinel.port}/{self.service}"
+        return self.tls_url(self.certs.path("ca.crt"))
+
+    def tls_url(self, ca_certs: str) -> str:
+        """``rediss+sentinel://`` to the sentinel's TLS port, trusting ``ca_certs``."""
+        port = self.served(self.sentinel)
+        return f"rediss+sentinel://{LOOPBACK}:{port}/{self.service}?{self.tls_query(ca_certs)}"
 
     def current_primary_port(self) -> int:
         address: Any = self.sentinel.client().sentinel_get_master_addr_by_name(self.service)
         return int(address[1])
 
 
-def start_sentinel(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> SentinelTopology:
+def start_sentinel(
+    down_after_ms: int = 1000, failover_timeout_ms: int = 3000, *, tls: bool = False
+) -> SentinelTopology:
+    """A primary, a replica and one sentinel; with ``tls``, every link between them and to
+    them is TLS with client certificates, from a CA made here."""
     topo = SentinelTopology()
     try:
+        topo.certs = make_certificates(topo.workdir) if tls else None
         # No diskless-sync delay: the replica's first sync would otherwise wait 5 s.
         primary = topo.spawn(
             "primary", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"
         )
         replica = topo.spawn(
             "replica", "--save", "", "--appendonly", "no",
-            "--replicaof", LOOPBACK, str(primary.port),
+            "--replicaof", LOOPBACK, str(topo.served(primary)),
         )  # fmt: skip
         _wait(
             lambda: replica.client().info("replication").get("master_link_status") == "up",
@@ -191,7 +248,7 @@ def start_sentinel(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -
         conf = topo.workdir / "sentinel.conf"
         # Sentinel rewrites its config file, so it must be a private writable file.
         conf.write_text(
-            f"sentinel monitor {topo.service} {LOOPBACK} {primary.port} 1\n"
+            f"sentinel monitor {topo.service} {LOOPBACK} {topo.served(primary)} 1\n"
             f"sentinel down-after-milliseconds {topo.service} {down_after_ms}\n"
             f"sentinel failover-timeout {topo.service} {failover_timeout_ms}\n"
         )
@@ -208,8 +265,12 @@ def start_sentinel(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -
     return topo
 
 
+T = TypeVar("T", bound=Topology)
+
+
 @contextlib.contextmanager
-def opened(topology: Topology) -> Iterator[Topology]:
+def opened(topology: T) -> Iterator[T]:
+    """``topology`` until the block ends; then its log tails are printed and it is killed."""
     try:
         yield topology
     finally:

@@ -6,6 +6,8 @@
     redis+sentinel://[pass@]h1:26379,h2:26379/service[/db]
                                            the current primary of a Sentinel-managed set
     redis+cluster://h1:7000[,h2:7001]      Redis Cluster (every key shares the fleet's hash tag)
+    rediss+sentinel://..., rediss+cluster://...
+                                           the same over TLS, to the sentinels and every node
     (none)                                 the embedded in-process store: fakeredis running
                                            the same Lua scripts; one replica only
 
@@ -100,7 +102,8 @@ def open_store(url: str | None, *, timeout_s: float = 2.0) -> Store:
     if opener is None:
         raise StoreUrlError(
             f"unsupported store URL scheme {scheme or redact_url(url)!r}: use redis://, "
-            "rediss://, unix://, redis+sentinel:// or redis+cluster://"
+            "rediss://, unix://, redis+sentinel://, redis+cluster:// (or rediss+sentinel://, "
+            "rediss+cluster:// for TLS)"
         )
     return opener(url, timeout_s)
 
@@ -122,6 +125,46 @@ def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
         return RedisSSLContext(**tls).get()
     except (ssl.SSLError, OSError, ValueError, RedisError) as exc:
         raise StoreUrlError(f"TLS options in store URL cannot be used: {exc}") from exc
+
+
+#: The TLS keyword arguments each redis-py client takes (Cluster takes fewer than the rest).
+_CLIENT_TLS = frozenset(p for p in inspect.signature(PlainRedis).parameters if p.startswith("ssl"))
+_CLUSTER_TLS = frozenset(
+    p for p in inspect.signature(RedisCluster).parameters if p.startswith("ssl")
+)
+
+
+def _tls(
+    scheme: str, query: str, accepted: frozenset[str]
+) -> tuple[ssl.SSLContext | None, dict[str, Any]]:
+    """For a Sentinel or Cluster URL: the shared link's SSL context and the keyword
+    arguments that give redis-py's clients the same options and defaults, or no TLS.
+
+    The options are parsed as redis-py parses a ``rediss://`` URL's, so one spelling works
+    on every store kind.
+    """
+    try:
+        parsed = parse_url(f"rediss://localhost/?{query}")
+    except ValueError as exc:
+        raise StoreUrlError(f"bad option in store URL: {exc}") from exc
+    options = {k: v for k, v in parsed.items() if k.startswith("ssl_")}
+    if not scheme.startswith("rediss"):
+        if options:
+            raise StoreUrlError(
+                f"TLS options in a {scheme}:// URL ({', '.join(sorted(options))}): "
+                f"use {scheme.replace('redis', 'rediss', 1)}://"
+            )
+        return None, {}
+    context = _tls_context(options)  # names and values checked here
+    unsupported = sorted(set(options) - accepted)
+    if unsupported:
+        raise StoreUrlError(f"TLS option not supported on {scheme}://: {', '.join(unsupported)}")
+    return context, {
+        "ssl": True,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        **options,
+    }
 
 
 def _single(url: str, timeout_s: float) -> Store:
@@ -156,16 +199,23 @@ def _sentinel(url: str, timeout_s: float) -> Store:
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     password = unquote(parts.password) if parts.password else None
+    tls, tls_options = _tls(parts.scheme.lower(), parts.query, _CLIENT_TLS)
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise StoreUrlError("redis+sentinel:// URL needs the service name: .../mymaster[/db]")
     service = path[0]
     db = int(path[1]) if len(path) > 1 else 0
     options = _client_options(timeout_s)
+    # The sentinels and the data nodes speak TLS alike: one set of options for both.
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         _hosts(netloc, 26379),
-        sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+        sentinel_kwargs={
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            **tls_options,
+        },
         **options,
+        **tls_options,
     )
     client = sentinel.master_for(service, db=db, password=password, **options)
 
@@ -174,10 +224,10 @@ def _sentinel(url: str, timeout_s: float) -> Store:
         host, port = await sentinel.discover_master(service)
         return [Address(host, int(port))]
 
-    fast = MultiplexedRedis(
-        primary, Handshake(password=password, db=db), timeout_s, recheck_s=SENTINEL_RECHECK_S
-    )
-    return Store(client, embedded=False, description=f"sentinel service {service!r}", fast=fast)
+    handshake = Handshake(password=password, db=db, ssl_context=tls)
+    fast = MultiplexedRedis(primary, handshake, timeout_s, recheck_s=SENTINEL_RECHECK_S)
+    kind = "sentinel" if tls is None else "TLS sentinel"
+    return Store(client, embedded=False, description=f"{kind} service {service!r}", fast=fast)
 
 
 def _cluster(url: str, timeout_s: float) -> Store:
@@ -185,8 +235,9 @@ def _cluster(url: str, timeout_s: float) -> Store:
     netloc = parts.netloc.rsplit("@", 1)[-1]
     password = unquote(parts.password) if parts.password else None
     query = parse_qs(parts.query)
+    tls, tls_options = _tls(parts.scheme.lower(), parts.query, _CLUSTER_TLS)
     nodes = [ClusterNode(h, p) for h, p in _hosts(netloc, 6379)]
-    options = _client_options(timeout_s)
+    options = {**_client_options(timeout_s), **tls_options}
     client = RedisCluster(
         startup_nodes=nodes,
         password=password,
@@ -199,7 +250,7 @@ def _cluster(url: str, timeout_s: float) -> Store:
     sub = PlainRedis(host=first_host, port=first_port, password=password, **options)
     # The seeds are where a link starts; MOVED then points it at the fleet's slot owner.
     seeds: Locate = fixed(*(Address(h, p) for h, p in _hosts(netloc, 6379)))
-    fast = MultiplexedRedis(seeds, Handshake(password=password), timeout_s)
+    fast = MultiplexedRedis(seeds, Handshake(password=password, ssl_context=tls), timeout_s)
     return Store(client, embedded=False, description=redact_url(url), _pubsub_client=sub, fast=fast)
 
 
@@ -211,6 +262,8 @@ _OPENERS: dict[str, Callable[[str, float], Store]] = {
     "valkeys": _single,
     "redis+sentinel": _sentinel,
     "redis+cluster": _cluster,
+    "rediss+sentinel": _sentinel,
+    "rediss+cluster": _cluster,
 }
 
 
