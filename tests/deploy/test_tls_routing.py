@@ -125,10 +125,12 @@ def test_an_unknown_tls_option_stops_the_router_naming_it() -> None:
     assert "ssl_colour" in done.stderr and "Traceback" not in done.stderr
 
 
-async def test_a_sentinel_certificate_that_does_not_verify_is_a_bounded_store_outage(
-    redis_tls_sentinel: SentinelTopology, tmp_path: Path
+@pytest.mark.parametrize("kind", ["redis_tls_sentinel", "redis_tls_cluster"])
+async def test_a_sentinel_or_cluster_certificate_that_does_not_verify_is_a_bounded_outage(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    url = redis_tls_sentinel.tls_url(make_certificates(tmp_path).path("ca.crt"))
+    topology: SentinelTopology | ClusterTopology = request.getfixturevalue(kind)
+    url = topology.tls_url(make_certificates(tmp_path).path("ca.crt"))
     started = time.monotonic()
     with pytest.raises(StateStoreUnavailable):
         await acquire_unknown_model(url, timeout_s=TIMEOUT_S)

@@ -146,10 +146,16 @@ class ClusterTopology(Topology):
     @property
     def url(self) -> str:
         """Two seed nodes, as an operator would list them."""
-        seeds = ",".join(f"{LOOPBACK}:{self.served(s)}" for s in self.servers[:2])
         if self.certs is None:
-            return f"redis+cluster://{seeds}"
-        return f"rediss+cluster://{seeds}?{self.tls_query()}"
+            return f"redis+cluster://{self._seeds()}"
+        return self.tls_url(self.certs.path("ca.crt"))
+
+    def tls_url(self, ca_certs: str) -> str:
+        """``rediss+cluster://`` to the seeds' TLS ports, trusting ``ca_certs``."""
+        return f"rediss+cluster://{self._seeds()}?{self.tls_query(ca_certs)}"
+
+    def _seeds(self) -> str:
+        return ",".join(f"{LOOPBACK}:{self.served(s)}" for s in self.servers[:2])
 
 
 def start_cluster(masters: int = 3, *, tls: bool = False) -> ClusterTopology:
