@@ -118,11 +118,11 @@ class Topology:
         """The port the others reach ``server`` on: its TLS port on a TLS topology."""
         return self.tls_ports.get(server.port, server.port)
 
-    def tls_query(self, ca_certs: str | None = None) -> str:
-        """The URL options for this topology's CA (or ``ca_certs``) and client certificate."""
+    def tls_query(self, ca_certs: str) -> str:
+        """The URL options: trust ``ca_certs``, present this topology's client certificate."""
         assert self.certs is not None, "not a TLS topology"
         query = {
-            "ssl_ca_certs": ca_certs or self.certs.path("ca.crt"),
+            "ssl_ca_certs": ca_certs,
             "ssl_certfile": self.certs.path("client.crt"),
             "ssl_keyfile": self.certs.path("client.key"),
         }
