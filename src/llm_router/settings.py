@@ -53,7 +53,7 @@ class RouterSettings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="redis://, rediss://, unix://, redis+sentinel://, redis+cluster://; "
+        description="redis://, rediss://, unix://, redis[s]+sentinel://, redis[s]+cluster://; "
         "unset → embedded in-process store (one replica only)",
     )
     key_prefix: str = Field(default="llmr", description="fleet prefix, kept inside a hash tag")
