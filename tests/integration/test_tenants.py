@@ -148,11 +148,14 @@ async def test_a_late_tenant_gets_its_weighted_share_not_the_back_of_a_flood(
     # And B did not wait for A's backlog: nearly all of it started after B was done.
     behind = fleet.depth_at_arrival - len(between)
     assert sum(1 for s in a if s > max(b)) >= behind - 2, (sorted(b), behind)
-    assert all(r.headers["x-queue-status"] == "queued" for r in replies)
-    # Each entered the queue well ahead of A's backlog (its place when it first queued).
-    positions = [int(r.headers["x-queue-position"]) for r in replies]
+    # B's place tags rank ahead of A's backlog, so a B request that arrives while a slot is
+    # momentarily free (released, the head not yet in) takes it without queuing: fair, not a
+    # bypass. Most find the slots taken and queue; each entered well ahead of A's backlog.
+    queued = [r for r in replies if r.headers.get("x-queue-status") == "queued"]
+    assert len(queued) >= LATE // 2, [r.headers.get("x-queue-status") for r in replies]
+    positions = [int(r.headers["x-queue-position"]) for r in queued]
     assert max(positions) <= 2 * LATE + 4, positions
-    assert {r.headers["x-queue-band"] for r in replies} == {"5"}
+    assert {r.headers["x-queue-band"] for r in queued} == {"5"}
 
 
 async def test_weight_two_gets_two_slots_per_one(fleet: Fleet, http: httpx.AsyncClient) -> None:
