@@ -74,16 +74,18 @@ class FleetState:
         """Every model the fleet remembers, with who can serve it now and who waits for it."""
         nodes = await self.nodes()
         known = await self.known_models()
-        now = await self.now_ms()
+        # model:<m>:nodes keeps lapsed nodes until a heartbeat sweeps them: count the live.
+        live = {n["id"] for n in nodes if n["status"] != "offline"}
         pipe = self.redis.pipeline(transaction=False)
         for model, _ in known:
-            pipe.zcount(self.keys.model_nodes(model), now + 1, "+inf")
+            pipe.zrange(self.keys.model_nodes(model), 0, -1)
             pipe.zcard(self.keys.model_load(model))
             pipe.zcard(self.keys.queue(model))
         counts = await pipe.execute() if known else []
         rows = []
         for i, (model, last_seen_ms) in enumerate(known):
-            capable, routable, queued = counts[3 * i : 3 * i + 3]
+            members, routable, queued = counts[3 * i : 3 * i + 3]
+            capable = sum(1 for m in members if _text(m) in live)
             serving = [n for n in nodes if model in n["executable_models"]]
             online = [n for n in serving if n["status"] == "online"]
             rows.append(

@@ -100,16 +100,23 @@ async def _populate(
     return registrations
 
 
-async def _acquire_release(
-    redis: Redis, fleet: Fleet, calls: int, budget_s: float
-) -> tuple[CallStats, CallStats]:
-    granted: list[tuple[str, str]] = []
+def _picker(fleet: Fleet, into: list[tuple[str, str]]) -> Callable[[int], Awaitable[None]]:
+    """An acquire of MODEL per call, its (node, lease) kept in ``into`` for the release."""
 
     async def pick(_i: int) -> None:
         got = await fleet.acquire(MODEL)
         if got is None:
             raise RuntimeError("acquire found no node; the benchmark fleet is broken")
-        granted.append(got)
+        into.append(got)
+
+    return pick
+
+
+async def _acquire_release(
+    redis: Redis, fleet: Fleet, calls: int, budget_s: float
+) -> tuple[CallStats, CallStats]:
+    granted: list[tuple[str, str]] = []
+    pick = _picker(fleet, granted)
 
     async def give_back(i: int) -> None:
         await fleet.release(*granted[i])
@@ -353,3 +360,147 @@ async def run_micro(
     finally:
         await redis.flushall()
         await redis.aclose()
+
+
+AXIS_POOL = 200  # the other models a node serves are drawn from this many
+
+
+def _axis_models(index: int, per_node: int, flip: int = 0) -> list[str]:
+    """The probed model plus ``per_node - 1`` others; ``flip`` swaps the last one for
+    another model (a heartbeat whose executable set changed by one model)."""
+    others = [f"org/model-{(index * 7 + j) % AXIS_POOL}-Q4_K_M.gguf" for j in range(per_node - 1)]
+    if others and flip:
+        others[-1] = f"org/alt-{index % AXIS_POOL}-Q4_K_M.gguf"
+    return [MODEL, *others]
+
+
+async def _script_server_us(redis: Redis) -> tuple[int, float]:
+    """Script calls and their server µs since the last reset (EVALSHA and FCALL alike)."""
+    stats = await commandstats(redis)
+    calls = sum(stats.get(c, (0, 0.0))[0] for c in ("evalsha", "fcall", "fcall_ro"))
+    usec = sum(stats.get(c, (0, 0.0))[1] for c in ("evalsha", "fcall", "fcall_ro"))
+    return calls, usec
+
+
+async def _measure_scripts(
+    redis: Redis, call: Callable[[int], Awaitable[object]], calls: int, budget_s: float
+) -> float:
+    await redis.config_resetstat()
+    deadline = time.perf_counter() + budget_s
+    for i in range(calls):
+        if time.perf_counter() > deadline:
+            break
+        await call(i)
+    n, usec = await _script_server_us(redis)
+    return usec / n if n else float("nan")
+
+
+async def _axis_row(
+    redis: Redis, nodes: int, per_node: int, calls: int, budget_s: float
+) -> dict[str, Any]:
+    await redis.flushall()
+    fleet = Fleet(redis)
+    await fleet.register(0, [MODEL], 4)  # scripts loaded before the memory baseline
+    await redis.flushall()
+    before = int((await redis.info("memory"))["used_memory"])
+    regs = await _populate(fleet, nodes, lambda i: _axis_models(i, per_node), 8)
+    for i in range(0, nodes, 64):
+        await asyncio.gather(
+            *(
+                fleet.heartbeat(regs[j], _axis_models(j, per_node))
+                for j in range(i, min(i + 64, nodes))
+            )
+        )
+    after = int((await redis.info("memory"))["used_memory"])
+    held: list[tuple[str, str]] = []
+    acquire = await _measure_scripts(redis, _picker(fleet, held), calls, budget_s)
+    release = await _measure_scripts(redis, lambda i: fleet.release(*held[i]), len(held), budget_s)
+    unchanged = await _measure_scripts(
+        redis,
+        lambda i: fleet.heartbeat(regs[i % nodes], _axis_models(i % nodes, per_node)),
+        calls,
+        budget_s,
+    )
+    flips = [0] * nodes
+
+    async def flip(i: int) -> None:
+        j = i % nodes
+        flips[j] ^= 1
+        await fleet.heartbeat(regs[j], _axis_models(j, per_node, flips[j]))
+
+    changed = await _measure_scripts(redis, flip, calls, budget_s) if per_node > 1 else float("nan")
+    row = {
+        "nodes": nodes,
+        "models_per_node": per_node,
+        "acquire_us": acquire,
+        "release_us": release,
+        "heartbeat_unchanged_us": unchanged,
+        "heartbeat_one_changed_us": changed,
+        "bytes_per_node": (after - before) / nodes,
+    }
+    print(
+        f"  {nodes:>6} nodes x {per_node:>3} models: acquire {acquire:6.1f} µs, "
+        f"release {release:6.1f} µs, heartbeat {unchanged:6.1f} µs unchanged / "
+        f"{changed:6.1f} µs one model changed, {row['bytes_per_node']:7.0f} B per node",
+        flush=True,
+    )
+    return row
+
+
+async def models_per_node_cost(
+    redis: Redis, fleet_sizes: list[int], per_node: list[int], calls: int, budget_s: float
+) -> list[dict[str, Any]]:
+    """Server µs of acquire, release and heartbeats (nothing changed / one executable model
+    swapped), and Redis bytes per node, along models per node; bytes per (node, model) is
+    the slope between the 1-model row and each wider one."""
+    rows: list[dict[str, Any]] = []
+    for nodes in fleet_sizes:
+        base: dict[str, Any] | None = None
+        for width in per_node:
+            row = await _axis_row(redis, nodes, width, calls, budget_s)
+            if width == 1:
+                base = row
+            elif base is not None:
+                row["bytes_per_node_model"] = (row["bytes_per_node"] - base["bytes_per_node"]) / (
+                    width - 1
+                )
+            rows.append(row)
+    return rows
+
+
+def _main() -> None:
+    import argparse
+    import json
+
+    from tests.redis_server import running_redis_server
+
+    p = argparse.ArgumentParser(description="the models-per-node axis of the micro-benchmarks")
+    p.add_argument("--nodes", default="1000,10000")
+    p.add_argument("--models", default="1,20,50,100")
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--budget", type=float, default=5.0)
+    p.add_argument("--json", default="")
+    args = p.parse_args()
+
+    async def go(port: int) -> list[dict[str, Any]]:
+        redis = Redis(host="127.0.0.1", port=port)
+        try:
+            return await models_per_node_cost(
+                redis,
+                [int(n) for n in args.nodes.split(",")],
+                [int(m) for m in args.models.split(",")],
+                args.calls,
+                args.budget,
+            )
+        finally:
+            await redis.aclose()
+
+    with running_redis_server() as server:
+        rows = asyncio.run(go(server.port))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(rows, out, indent=1)
+
+
+if __name__ == "__main__":
+    _main()

@@ -53,6 +53,8 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
         keys.models_version,
         keys.models_known,
         keys.models_created,
+        keys.nodes_swept,
+        keys.queues_active,
         keys.api_keys,
         keys.pin(PIN),
     }
@@ -62,6 +64,7 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
             keys.leases(node_id),
             keys.excluded(node_id),
             keys.unsupported(node_id),
+            keys.raised(node_id),
         }
         out |= {keys.failures(node_id, model) for model in models}
     out.add(keys.response(RESPONSE_ID))

@@ -46,13 +46,32 @@ class Keys:
         public id); bounded by ``max_identities_per_node_key``."""
         return f"{self.base}nodekey:{key_id}:identities"
 
+    @property
+    def nodes_swept(self) -> str:
+        """string: liveness deadline (ms) up to which lapsed nodes have been taken out of
+        their models' ``model:<m>:nodes`` and ``model:<m>:load``."""
+        return f"{self.base}nodes:swept"
+
     def model_nodes(self, model: str) -> str:
-        """zset: node id → liveness deadline, for nodes that can execute ``model``."""
+        """zset: node id → when it joined (ms), for nodes that can execute ``model`` and
+        have not been swept since their liveness lapsed; liveness is ``nodes_alive``."""
         return f"{self.base}model:{model}:nodes"
 
     def model_load(self, model: str) -> str:
-        """zset: node id → routing score (load first, then capability and latency)."""
+        """zset: node id → routing score (load first, then capability and latency); every
+        stored score is at most the node's real score for the model."""
         return f"{self.base}model:{model}:load"
+
+    def raised(self, node_id: str) -> str:
+        """hash: model → floor (score below utilisation) of each of the node's load-index
+        entries written above its floor since the node was last idle; releases rewrite
+        only these."""
+        return f"{self.base}raised:{node_id}"
+
+    @property
+    def queues_active(self) -> str:
+        """set: models whose fleet-wide queue may be non-empty (releases wake only these)."""
+        return f"{self.base}queues:active"
 
     def model_rr(self, model: str) -> str:
         """string: rotation counter used to break exact ties between equal nodes."""

@@ -47,7 +47,19 @@ _TIME_FIELDS = frozenset({"registered_at", "last_seen"})
 # Kept on the node hash for the scripts, never shown: the token's digest, the backend
 # /v1/models last listed for the node (a change moves models:version), and the secret the
 # router presents to the node (stored as is: every replica must be able to send it).
-_HIDDEN_FIELDS = frozenset({"token_hash", "listed_backend", "listed_serving", "node_secret"})
+_HIDDEN_FIELDS = frozenset(
+    {
+        "token_hash",
+        "listed_backend",
+        "listed_serving",
+        "node_secret",
+        # What the heartbeat compares against to tell a change (state/lua/lib.lua).
+        "floor_base",
+        "routable",
+        "known_at",
+        "excl_next",
+    }
+)
 
 
 _TOKEN_BYTES = 32
@@ -354,9 +366,9 @@ class NodeRegistry:
     async def get_nodes_for_model(self, model: str) -> list[dict[str, Any]]:
         """Live nodes that can take ``model`` now: not draining, initializing or excluded."""
         now = await self._now_ms()
-        raw_ids = await self._guard(
-            self._redis.zrangebyscore(self._keys.model_nodes(model), now + 1, "+inf")
-        )
+        # Members are who joined the set (lapsed nodes leave it lazily); liveness is each
+        # record's deadline in nodes:alive, checked below.
+        raw_ids = await self._guard(self._redis.zrange(self._keys.model_nodes(model), 0, -1))
         ids = sorted(i.decode() if isinstance(i, bytes) else i for i in raw_ids)
         return [
             r

@@ -59,7 +59,7 @@ local function leave_queue(queued)
     redis.call('ZREM', qalive, ticket)
     redis.call('HDEL', k_queue_info(model), ticket)
     -- The next in line may find a slot too (or have to give up); let its replica look.
-    if redis.call('ZCARD', qkey) > 0 then redis.call('PUBLISH', k_events(), model) end
+    if queue_shrank(model) then redis.call('PUBLISH', k_events(), model) end
   end
 end
 
@@ -95,6 +95,7 @@ local function prune_dead_tickets()
     redis.call('ZREM', qalive, unpack(dead))
     redis.call('ZREM', qkey, unpack(dead))
     redis.call('HDEL', k_queue_info(model), unpack(dead))
+    queue_shrank(model)
   end
 end
 
@@ -129,20 +130,27 @@ local function usable(id)
   return f
 end
 
--- A usable node's real state: in-flight count (expired leases pruned) and score.
-local function candidate(id, f)
+-- A usable node's real state: in-flight count (expired leases pruned) and real score,
+-- utilisation from its leases and the floor from its stored entry (`stored`, nil when it is
+-- not in the index: then nothing is written for it either).
+local function candidate(id, f, stored)
   local inflight = in_flight(id, now)
-  local base, maxc = score_of(f, inflight)
-  local warm = warm_set(f)
-  return {id = id, f = f, inflight = inflight, base = base, warm = warm, maxc = maxc,
-    score = model_score(base, warm, model), util = math.floor(base / UTIL_UNIT)}
+  local util, maxc = util_of(inflight, f[3])
+  local floor = stored and floor_of_score(tonumber(stored)) or 0
+  return {id = id, f = f, inflight = inflight, maxc = maxc, util = util, floor = floor,
+    score = util * UTIL_UNIT + floor}
 end
 
--- The load index is ordered by stored score. Take the best stored score, rotate among the
--- nodes sharing it, and check only the one picked: alive, taking requests for this model,
--- real in-flight count (expired leases pruned). An entry that fails the check is removed
--- (lazy repair; the next heartbeat re-adds it once eligible) and a stale score is
--- rewritten; either way the loop looks again. The common case is one pass.
+-- The load index is ordered by stored score, and every stored score is <= its node's real
+-- score (lib.lua). Walk it in that order, computing each looked-at node's real score, and
+-- stop once the next stored score is >= the best real one seen: every entry further on has
+-- a real score at least as high. The walk starts with a rotation among the entries sharing
+-- the best stored score (exact ties take turns); in the common case that node is accurate
+-- and the walk ends there. An entry whose node is not usable is removed (the next
+-- heartbeat re-adds it once eligible); one found off its real score is rewritten to it
+-- (lazy repair). At most MAX_LOOKS nodes are looked at per call: then the best real
+-- score seen wins, or, with no free slot seen, the request waits as if all were full.
+local MAX_LOOKS = 16
 local load_key = k_model_load(model)
 local any_capable, any_refusing = false, false
 
@@ -151,43 +159,51 @@ local avoided = as_set(avoid)
 
 local function best_candidate()
   local skipped, nskipped = as_set(avoid), #avoid
-  for _ = 1, 16 do
-    -- The best few entries in one read, minus the nodes already looked past; those sharing
-    -- the best stored score form the rotation pool.
-    local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0,
-      8 + nskipped, 'WITHSCORES')
+  local seen, nseen = {}, 0
+  local best, looks, first = nil, 0, true
+  while looks < MAX_LOOKS do
+    local want = 8 + nskipped + nseen
+    local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, want,
+      'WITHSCORES')
     local head = {}
     for i = 1, #raw, 2 do
-      if not skipped[raw[i]] then
-        head[#head + 1] = raw[i]
-        head[#head + 1] = raw[i + 1]
+      if not skipped[raw[i]] and not seen[raw[i]] then
+        head[#head + 1] = {raw[i], tonumber(raw[i + 1])}
       end
     end
-    if #head == 0 then return nil end
-    local top = tonumber(head[2])
-    local pick = head[1]
-    if top < FULL then
+    if first and #head > 1 and head[1][2] < FULL then
       local pool = 1
-      while pool * 2 + 2 <= #head and tonumber(head[pool * 2 + 2]) == top do pool = pool + 1 end
+      while pool < #head and head[pool + 1][2] == head[1][2] do pool = pool + 1 end
       if pool > 1 then
-        pick = head[((redis.call('INCR', k_model_rr(model)) % pool) * 2) + 1]
+        local at = (redis.call('INCR', k_model_rr(model)) % pool) + 1
+        head[1], head[at] = head[at], head[1]
       end
     end
-    local f = usable(pick)
-    if not f then
-      redis.call('ZREM', load_key, pick)
-    elseif refuses(pick) then
-      -- It declined this endpoint family lately: look past it, but leave the index alone
-      -- (its other endpoints still route here).
-      skipped[pick], nskipped, any_refusing = true, nskipped + 1, true
-    else
-      any_capable = true
-      local c = candidate(pick, f)
-      if c.score < FULL and c.score <= top then return c end
-      if c.score == top then return nil end  -- accurate and full: every node is full
-      update_scores_for(decode_list(f[6]), pick, c.base, c.warm)
+    first = false
+    local done = false
+    for _, entry in ipairs(head) do
+      local id, stored = entry[1], entry[2]
+      if best ~= nil and stored >= best.score then done = true break end
+      looks = looks + 1
+      local f = usable(id)
+      if not f then
+        redis.call('ZREM', load_key, id)
+      elseif refuses(id) then
+        -- It declined this endpoint family lately: look past it, but leave the index alone
+        -- (its other endpoints still route here).
+        skipped[id], nskipped, any_refusing = true, nskipped + 1, true
+      else
+        any_capable = true
+        local c = candidate(id, f, stored)
+        if c.score ~= stored then write_entry(model, id, c.util, c.floor) end
+        seen[id], nseen = true, nseen + 1
+        if best == nil or c.score < best.score then best = c end
+      end
+      if looks >= MAX_LOOKS then done = true break end
     end
+    if done or #raw < 2 * want then break end
   end
+  if best ~= nil and best.score < FULL then return best end
   return nil
 end
 
@@ -195,7 +211,8 @@ end
 -- excluded, no longer serving it, declining this endpoint). A stale index entry is
 -- repaired as above.
 local function pinned_candidate(id)
-  if not redis.call('ZSCORE', load_key, id) then return nil end
+  local stored = redis.call('ZSCORE', load_key, id)
+  if not stored then return nil end
   local f = usable(id)
   if not f then
     redis.call('ZREM', load_key, id)
@@ -203,22 +220,23 @@ local function pinned_candidate(id)
   end
   if refuses(id) then return nil end
   any_capable = true
-  return candidate(id, f)
+  return candidate(id, f, stored)
 end
 
 local function grant(c, affinity)
   redis.call('ZADD', k_leases(c.id), now + lease_ttl, lease_id)
   if limited_key ~= '' and key_limit > 0 then key_took(limited_key, c.id, lease_id, now) end
   local inflight = c.inflight + 1
-  update_scores_for(decode_list(c.f[6]), c.id, (score_of(c.f, inflight)), c.warm)
+  -- Only this model's entry moves up; the node's other entries stay <= its real score.
+  write_entry(model, c.id, (util_of(inflight, c.maxc)), c.floor)
   if my_tag then
     -- Served from the queue (or ahead of it): its tenant's virtual time moves on.
     if not stored_tag then fair_enqueue(model, tenant, band, weight, my_start) end
     fair_served(model, my_tag)
   end
   leave_queue(queued)
-  return {'ok', c.id, c.f[7], c.f[8], inflight, c.maxc, affinity,
-    c.f[11] or '', c.f[12] or ''}
+  return {'ok', c.id, c.f[4], c.f[5], inflight, c.maxc, affinity,
+    c.f[6] or '', c.f[7] or ''}
 end
 
 -- A stored response lives on one node: that node or nothing (its liveness was checked
@@ -226,7 +244,7 @@ end
 if stored_on then
   if my_turn then
     local f = routing_fields(stored_on)
-    local c = candidate(stored_on, f)
+    local c = candidate(stored_on, f, redis.call('ZSCORE', load_key, stored_on))
     if c.inflight < c.maxc then return grant(c, '') end
   end
   my_turn, any_capable = false, true
@@ -288,6 +306,7 @@ if not my_turn or any_capable then
     end
     fair_enqueue(model, tenant, band, weight, my_start)
     redis.call('ZADD', qkey, string.format('%.0f', my_tag), ticket)
+    redis.call('SADD', k_queues_active(), model)
     -- For operators (llm-router fleet queues): who waits, in which band, since when.
     redis.call('HSET', k_queue_info(model), ticket,
       tenant .. ' ' .. band .. ' ' .. string.format('%.0f', now_us()))

@@ -10,7 +10,7 @@ local was_head = redis.call('ZRANGE', qkey, 0, 0)[1] == ARGV[2]
 local removed = redis.call('ZREM', qkey, ARGV[2])
 redis.call('ZREM', k_queue_alive(ARGV[1]), ARGV[2])
 redis.call('HDEL', k_queue_info(ARGV[1]), ARGV[2])
-if was_head and redis.call('ZCARD', qkey) > 0 then
+if queue_shrank(ARGV[1]) and was_head then
   redis.call('PUBLISH', k_events(), ARGV[1])
 end
 return removed

@@ -8,17 +8,30 @@
 --   utilisation (in-flight / max_concurrency, 0..1e6)        * 1e9
 --   + cold (1 when the node reports loaded_models without it)  * 1e8
 --   + runtime pressure (runtime_load: waiting + kv use, 0..9)  * 1e7
---   + capability gap (10000 - gpu_capability_score, 0..9999)   * 1e2
---   + latency bucket (average response time / 100 ms, 0..99)
+--   + capability gap (9999 - gpu_capability_score, 0..9999)    * 1e2
+--   + latency band (average response time in doubling bands from 100 ms, 0..7)
 -- so ZRANGE BYSCORE on model:<m>:load yields the least loaded node first and, among equally
 -- loaded ones, a warm one before one that would have to load the model, then the least
 -- pressed, most capable and fastest; every score >= FULL means "no free slot". The fields
 -- never overlap and the largest score stays far below 2^53, so doubles hold them exactly.
+--
+-- Everything below utilisation is the entry's floor: it changes only with a heartbeat, which
+-- keeps it exact (stored score mod 1e9 == floor). Utilisation changes with every request,
+-- so it is written only where it must be (docs/scheduling.md, "Scores"): the invariant is
+-- that every stored score is <= the node's real score for that model. A grant writes the
+-- chosen model's entry and notes the model in raised:<node> (model -> floor); a release
+-- rewrites only the raised entries; every other entry sits at its floor, which is <= real.
 
 local BASE = KEYS[1]
 local FULL = 1e15
 local UTIL_UNIT = 1e9
 local COLD = 1e8
+-- models:known is refreshed by a node's heartbeat at most this often (it is read against
+-- a forget-after of hours, so minutes of lag cost nothing).
+local KNOWN_REFRESH_MS = 300000
+-- Nodes whose liveness lapsed are taken out of their models' sets by heartbeats, this many
+-- per call (prune sweeps too).
+local SWEEP_BATCH = 16
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -53,6 +66,9 @@ local function k_failures(id, m) return BASE .. 'failures:' .. id .. ':' .. m en
 local function k_events() return BASE .. 'events:capacity' end
 local function k_unsupported(id) return BASE .. 'unsupported:' .. id end
 local function k_response(rid) return BASE .. 'response:' .. rid end
+local function k_raised(id) return BASE .. 'raised:' .. id end
+local function k_queues_active() return BASE .. 'queues:active' end
+local function k_swept() return BASE .. 'nodes:swept' end
 
 -- Put `member` in the sorted set `key` until `until_ms`, drop what has ended, and let the
 -- key expire with its last member: nothing needs a live replica to clean it up.
@@ -69,6 +85,7 @@ local function models_changed()
   redis.call('INCR', k_models_version())
 end
 
+
 local function decode_list(raw)
   if not raw then return {} end
   local ok, value = pcall(cjson.decode, raw)
@@ -82,23 +99,75 @@ local function as_set(list)
   return set
 end
 
--- Drop leases whose deadline passed (their replica died or stopped renewing) and count
--- the rest: the node's true in-flight count.
-local function in_flight(id, now)
-  local key = k_leases(id)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  return redis.call('ZCARD', key)
+-- HMGET into a table keyed by field name (absent fields are nil).
+local function hmget_named(key, names)
+  local raw = redis.call('HMGET', key, unpack(names))
+  local out = {}
+  for i, name in ipairs(names) do
+    if raw[i] then out[name] = raw[i] end
+  end
+  return out
 end
 
--- The fields routing needs, read with one HMGET: draining, initializing, max_concurrency,
--- gpu_capability_score, average_response_time_ms, executable_models, ip_address,
--- node_api_port, loaded_models, runtime_load, scheme, node_secret. The last two ride
--- along so that the replica can reach the node (https or not) and present its secret
--- without a second read.
+local function util_of(inflight, maxc)
+  maxc = tonumber(maxc) or 1
+  if maxc < 1 then maxc = 1 end
+  return math.floor(math.min(inflight, maxc) * 1000000 / maxc), maxc
+end
+
+-- The floor of an entry: its stored score without utilisation (exact by the invariant).
+local function floor_of_score(stored)
+  return stored % UTIL_UNIT
+end
+
+-- Rewrite every raised entry of the node to its real score; at utilisation 0 the entries
+-- equal their floors and nothing is raised any more. Entries the node left meanwhile
+-- (exclusion, drain, a model removed) are not put back: XX.
+local function rescore_raised(id, inflight, maxc)
+  if not maxc then maxc = redis.call('HGET', k_node(id), 'max_concurrency') end
+  local util = util_of(inflight, maxc)
+  local raised = redis.call('HGETALL', k_raised(id))
+  for i = 1, #raised, 2 do
+    redis.call('ZADD', k_model_load(raised[i]), 'XX', util * UTIL_UNIT + tonumber(raised[i + 1]), id)
+  end
+  if util == 0 and #raised > 0 then redis.call('DEL', k_raised(id)) end
+end
+
+-- Drop leases whose deadline passed (their replica died or stopped renewing) and count
+-- the rest: the node's true in-flight count. Expired leases lower the real score, so the
+-- raised entries come down with them (only raised entries can sit above real).
+local function in_flight(id, now)
+  local key = k_leases(id)
+  local expired = redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local count = redis.call('ZCARD', key)
+  if expired > 0 then rescore_raised(id, count, nil) end
+  return count
+end
+
+-- Raise (or repair) one entry to the score just computed for it, and remember that it
+-- sits above its floor so that the node's next release brings it down.
+local function write_entry(m, id, util, floor)
+  redis.call('ZADD', k_model_load(m), 'XX', util * UTIL_UNIT + floor, id)
+  if util > 0 then redis.call('HSET', k_raised(id), m, floor) end
+end
+
+-- The fields the request path needs, read with one HMGET: draining, initializing,
+-- max_concurrency, ip_address, node_api_port, scheme, node_secret. The last two ride along
+-- so that the replica can reach the node (https or not) and present its secret without a
+-- second read. Nothing here is decoded: the score's floor comes from the index itself.
 local function routing_fields(id)
   return redis.call('HMGET', k_node(id), 'draining', 'initializing', 'max_concurrency',
-    'gpu_capability_score', 'average_response_time_ms', 'executable_models', 'ip_address',
-    'node_api_port', 'loaded_models', 'runtime_load', 'scheme', 'node_secret')
+    'ip_address', 'node_api_port', 'scheme', 'node_secret')
+end
+
+-- What the heartbeat and the membership rebuild read of a node, by name.
+local STATE_FIELDS = {'draining', 'initializing', 'max_concurrency', 'gpu_capability_score',
+  'average_response_time_ms', 'executable_models', 'loaded_models', 'runtime_load',
+  'runtime_status', 'floor_base', 'routable', 'known_at', 'gpu_backend', 'listed_backend',
+  'listed_serving', 'excl_next', 'models'}
+
+local function node_state(id)
+  return hmget_named(k_node(id), STATE_FIELDS)
 end
 
 -- What the runtime says about its own queue and memory, folded into 0..9: requests waiting
@@ -113,34 +182,31 @@ local function runtime_pressure(raw)
   return math.min(math.floor(p), 9)
 end
 
--- The node's score without the per-model warm bit, and its capacity.
-local function score_of(f, inflight)
-  local maxc = tonumber(f[3]) or 1
-  if maxc < 1 then maxc = 1 end
-  local util = math.floor(math.min(inflight, maxc) * 1000000 / maxc)
-  local cap = math.floor(math.min(math.max(tonumber(f[4]) or 0, 0), 9999))
-  local lat = math.floor(math.min(math.max(tonumber(f[5]) or 0, 0), 9999) / 100)
-  return util * UTIL_UNIT + runtime_pressure(f[10]) * 1e7 + (9999 - cap) * 1e2 + lat, maxc
+-- Average response time in doubling bands: < 100 ms is 0, 100-199 is 1, 200-399 is 2, ...,
+-- 6400 ms and over is 7. Coarse on purpose: a band change rewrites every entry of the node.
+local function latency_band(ms)
+  local band, edge = 0, 100
+  while ms >= edge and band < 7 do band, edge = band + 1, edge * 2 end
+  return band
+end
+
+-- The node's floor without the per-model warm bit.
+local function base_floor(s)
+  local cap = math.floor(math.min(math.max(tonumber(s.gpu_capability_score) or 0, 0), 9999))
+  local lat = math.min(math.max(tonumber(s.average_response_time_ms) or 0, 0), 9999)
+  return runtime_pressure(s.runtime_load) * 1e7 + (9999 - cap) * 1e2 + latency_band(lat)
 end
 
 -- Models the node holds in memory, as a set; nil when it does not say (then every model
 -- counts as warm: no report is no reason to avoid a node).
-local function warm_set(f)
-  if not f[9] then return nil end
-  return as_set(decode_list(f[9]))
+local function warm_of(raw)
+  if not raw then return nil end
+  return as_set(decode_list(raw))
 end
 
-local function model_score(base, warm, m)
+local function model_floor(base, warm, m)
   if warm == nil or warm[m] then return base end
   return base + COLD
-end
-
--- Rewrite the node's score in the load index of each model it already sits in.
--- XX: membership is decided by sync_load_membership (heartbeat, drain, exclusion), not here.
-local function update_scores_for(models, id, score, warm)
-  for _, m in ipairs(models) do
-    redis.call('ZADD', k_model_load(m), 'XX', model_score(score, warm, m), id)
-  end
 end
 
 -- Models of this node in cool-down right now, as a set.
@@ -154,62 +220,118 @@ end
 
 -- A node serves only while its runtime answers (runtime_status "ready"). A node that never
 -- reported a runtime status (an agent older than the field) is taken at its word.
-local function runtime_serving(id)
-  local s = redis.call('HGET', k_node(id), 'runtime_status')
+local function serving_status(s)
   return (not s) or s == '' or s == 'ready'
 end
 
--- Put the node into (or take it out of) the load index of each of its models.
-local function sync_load_membership(id, now)
-  local f = routing_fields(id)
-  local models = decode_list(f[6])
-  local score = score_of(f, in_flight(id, now))
-  local warm = warm_set(f)
-  local resting = f[1] == '1' or f[2] == '1' or not runtime_serving(id)
+local function is_routable(s)
+  return serving_status(s.runtime_status) and s.draining ~= '1' and s.initializing ~= '1'
+end
+
+-- Rebuild the node's entries in the load index of each of its models (in or out, floor
+-- exact, raised entries at their real score) and what the heartbeat compares against to
+-- tell a change: floor_base, routable, and excl_next (the next cool-down to end, when the
+-- pair must come back). O(models): only on changes (drain, registration, a changed floor).
+local function rebuild_load(id, now, s)
+  s = s or node_state(id)
+  local models = decode_list(s.executable_models)
+  local routable = is_routable(s)
   local excluded = excluded_now(id, now)
+  local warm = warm_of(s.loaded_models)
+  local base = base_floor(s)
+  local util = util_of(in_flight(id, now), s.max_concurrency)
+  local raised = {}
+  local old = redis.call('HGETALL', k_raised(id))
+  for i = 1, #old, 2 do raised[old[i]] = true end
+  local keep = {}
   for _, m in ipairs(models) do
-    if resting or excluded[m] then
+    if not routable or excluded[m] then
       redis.call('ZREM', k_model_load(m), id)
     else
-      redis.call('ZADD', k_model_load(m), model_score(score, warm, m), id)
+      local fl = model_floor(base, warm, m)
+      if util > 0 and raised[m] then
+        redis.call('ZADD', k_model_load(m), util * UTIL_UNIT + fl, id)
+        keep[#keep + 1] = m
+        keep[#keep + 1] = fl
+      else
+        redis.call('ZADD', k_model_load(m), fl, id)
+      end
     end
+  end
+  redis.call('DEL', k_raised(id))
+  if #keep > 0 then redis.call('HSET', k_raised(id), unpack(keep)) end
+  local nxt = redis.call('ZRANGE', k_excluded(id), '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1,
+    'WITHSCORES')[2]
+  redis.call('HSET', k_node(id), 'floor_base', base, 'routable', routable and '1' or '0')
+  if nxt then
+    redis.call('HSET', k_node(id), 'excl_next', nxt)
+  else
+    redis.call('HDEL', k_node(id), 'excl_next')
   end
 end
 
--- Tell waiting replicas that capacity for these models may be free, but only for models
--- somebody is queued on: the common, unqueued path publishes nothing.
-local function wake_queues(models)
+local function sync_load_membership(id, now)
+  rebuild_load(id, now, nil)
+end
+
+-- Tell waiting replicas that capacity may be free on this node, for the models somebody
+-- is queued on that the node can execute: the intersection of queues:active (models with a
+-- non-empty queue) and the node's models, walked from the smaller side. The common,
+-- unqueued path is one SCARD. `woken` dedupes models within one script call.
+local WAKE_SCAN = 16
+local function wake_for_node(id, woken)
+  local active = k_queues_active()
+  local n = redis.call('SCARD', active)
+  if n == 0 then return end
+  local models
+  if n <= WAKE_SCAN then
+    models = redis.call('SMEMBERS', active)
+  else
+    models = decode_list(redis.call('HGET', k_node(id), 'executable_models'))
+  end
   for _, m in ipairs(models) do
-    if redis.call('EXISTS', k_queue(m)) == 1 then
-      redis.call('PUBLISH', k_events(), m)
+    if not woken[m] and (n <= WAKE_SCAN or redis.call('SISMEMBER', active, m) == 1)
+        and redis.call('ZSCORE', k_model_nodes(m), id) then
+      woken[m] = true
+      if redis.call('EXISTS', k_queue(m)) == 1 then
+        redis.call('PUBLISH', k_events(), m)
+      else
+        redis.call('SREM', active, m)  -- emptied by a path that did not say so: heal
+      end
     end
   end
 end
 
--- Put (node, model) in cool-down until `until_ms` and out of the model's load index.
+-- The queue of `m` lost a ticket: forget it in queues:active once it is empty.
+local function queue_shrank(m)
+  if redis.call('EXISTS', k_queue(m)) == 0 then
+    redis.call('SREM', k_queues_active(), m)
+    return false
+  end
+  return true
+end
+
+-- Put (node, model) in cool-down until `until_ms` and out of the model's load index. The
+-- heartbeat puts the pair back once the cool-down ended (excl_next says when to look).
 local function exclude_pair(id, model, until_ms, now)
   cool_down(k_excluded(id), model, until_ms, now)
   redis.call('ZREM', k_model_load(model), id)
+  local nxt = tonumber(redis.call('HGET', k_node(id), 'excl_next') or '')
+  if not nxt or until_ms < nxt then redis.call('HSET', k_node(id), 'excl_next', until_ms) end
 end
 
 -- End one lease: free its slot, let `on_node()` record what the attempt left (exclusions,
--- refusals, a response id) if the node still exists, rescore the node and wake replicas
--- queued on its models (each model once per script call: `woken` is shared by the
--- caller). Returns the node's in-flight count.
+-- refusals, a response id) if the node still exists, bring the node's raised entries down
+-- to its new real score and wake replicas queued on its models (each model once per
+-- script call: `woken` is shared by the caller). Returns the node's in-flight count.
 local function end_lease(id, lease_id, now, woken, on_node)
   redis.call('ZREM', k_leases(id), lease_id)
   local inflight = in_flight(id, now)
-  local f = routing_fields(id)
-  if not f[3] then return inflight end  -- the node was removed meanwhile
+  local maxc = redis.call('HGET', k_node(id), 'max_concurrency')
+  if not maxc then return inflight end  -- the node was removed meanwhile
   on_node()
-  local models = decode_list(f[6])
-  update_scores_for(models, id, (score_of(f, inflight)), warm_set(f))
-  for _, m in ipairs(models) do
-    if not woken[m] then
-      woken[m] = true
-      wake_queues({m})
-    end
-  end
+  rescore_raised(id, inflight, maxc)
+  wake_for_node(id, woken)
   return inflight
 end
 
@@ -217,66 +339,158 @@ local function node_models(id)
   return decode_list(redis.call('HGET', k_node(id), 'executable_models'))
 end
 
--- Record liveness and the executable set of a node. `new_json` is the set as the JSON list
--- the replica sent (stored verbatim: cjson would turn an empty list into "{}"), nil keeps
--- the stored set. A node whose runtime is not serving stays alive (operators see it) but
--- leaves every model's node set, so /v1/models and routing drop it on this very call;
--- its models stay known, so a request for them is a 503, not a 404.
-local function refresh_liveness(id, now, alive_ttl, new_json, installed)
-  local serving = runtime_serving(id)
-  local deadline = now + alive_ttl
-  local old = node_models(id)
-  local new_models = nil
-  local was_live = tonumber(redis.call('ZSCORE', k_alive(), id) or '-1') >= now
-  local changed = not was_live
-  if new_json then
-    new_models = decode_list(new_json)
-    local keep = as_set(new_models)
-    for _, m in ipairs(old) do
-      if not keep[m] then
-        changed = true
-        redis.call('ZREM', k_model_nodes(m), id)
-        redis.call('ZREM', k_model_load(m), id)
-      end
-    end
-    if #new_models ~= #old then changed = true end
-    redis.call('HSET', k_node(id), 'executable_models', new_json)
-  else
-    new_models = old
-  end
-  -- /v1/models shows backends too: a node whose backend changed moves the stamp.
-  local b = redis.call('HMGET', k_node(id), 'gpu_backend', 'listed_backend')
-  if b[1] and b[1] ~= b[2] then
-    redis.call('HSET', k_node(id), 'listed_backend', b[1])
-    changed = true
-  end
-  -- So does a node whose runtime stopped or resumed serving.
-  local listed = serving and '1' or '0'
-  if redis.call('HGET', k_node(id), 'listed_serving') ~= listed then
-    redis.call('HSET', k_node(id), 'listed_serving', listed)
-    changed = true
-  end
-  if changed then models_changed() end
-  redis.call('ZADD', k_alive(), deadline, id)
-  local executable = {}
-  for _, m in ipairs(new_models) do
-    executable[m] = true
-    if serving then
-      redis.call('ZADD', k_model_nodes(m), deadline, id)
-    else
-      redis.call('ZREM', k_model_nodes(m), id)
-    end
+local function mark_known(models, now)
+  for _, m in ipairs(models) do
     -- ZADD answers 1 only for a model the fleet did not know yet.
     if redis.call('ZADD', k_known(), now, m) == 1 then
       redis.call('HSETNX', k_created(), m, math.floor(now / 1000))
     end
   end
-  for _, m in ipairs(installed or {}) do
-    if not executable[m] and redis.call('ZADD', k_known(), now, m) == 1 then
-      redis.call('HSETNX', k_created(), m, math.floor(now / 1000))
+end
+
+local function refresh_known(id, models, installed_raw, now)
+  mark_known(models, now)
+  mark_known(decode_list(installed_raw), now)
+  redis.call('HSET', k_node(id), 'known_at', now)
+end
+
+-- Take nodes whose liveness lapsed since the last sweep out of their models' node sets and
+-- load indexes, SWEEP_BATCH (plus ties) at a time. nodes:swept is how far it got: a node
+-- whose deadline lies between it and now has lapsed but is still listed (list_models
+-- subtracts those). A node that comes back re-adds everything (refresh_liveness).
+local function sweep_lapsed(now, batch)
+  local since = redis.call('GET', k_swept()) or '0'
+  local lapsed = redis.call('ZRANGE', k_alive(), '(' .. since, now, 'BYSCORE', 'LIMIT', 0,
+    batch, 'WITHSCORES')
+  if #lapsed == 0 then return end
+  local upto = now
+  if #lapsed == 2 * batch then
+    upto = lapsed[#lapsed]
+    local ties = redis.call('ZRANGE', k_alive(), upto, upto, 'BYSCORE')
+    for _, id in ipairs(ties) do
+      lapsed[#lapsed + 1] = id
+      lapsed[#lapsed + 1] = upto
     end
   end
-  sync_load_membership(id, now)
+  for i = 1, #lapsed, 2 do
+    local id = lapsed[i]
+    for _, m in ipairs(node_models(id)) do
+      redis.call('ZREM', k_model_nodes(m), id)
+      redis.call('ZREM', k_model_load(m), id)
+    end
+  end
+  redis.call('SET', k_swept(), upto)
+end
+
+-- Record liveness and the executable set of a node. `new_json` is the set as the JSON list
+-- the replica sent (stored verbatim: cjson would turn an empty list into "{}"), nil keeps
+-- the stored set. `old` holds what the node hash said before this call's writes
+-- (loaded_models, max_concurrency, models), nil to rebuild everything (registration).
+--
+-- A heartbeat that changes nothing writes liveness and the node hash and touches no
+-- per-model key. A changed executable set pays for the models added and removed, a changed
+-- warm set for the models whose warm bit flipped; a changed floor, routability, an ended
+-- cool-down or a node back from offline rebuilds every entry of the node. A node whose
+-- runtime is not serving stays alive (operators see it) but leaves every model's node set,
+-- so /v1/models and routing drop it on this very call; its models stay known, so a
+-- request for them is a 503, not a 404.
+local function refresh_liveness(id, now, alive_ttl, new_json, old)
+  local s = node_state(id)
+  local serving = serving_status(s.runtime_status)
+  local was_live = tonumber(redis.call('ZSCORE', k_alive(), id) or '-1') >= now
+  local changed = not was_live
+  local rebuild = old == nil or not was_live
+  local models = decode_list(s.executable_models)
+  local added = {}
+  if new_json and new_json ~= s.executable_models then
+    local new_models = decode_list(new_json)
+    local before, after = as_set(models), as_set(new_models)
+    for _, m in ipairs(models) do
+      if not after[m] then
+        changed = true
+        redis.call('ZREM', k_model_nodes(m), id)
+        redis.call('ZREM', k_model_load(m), id)
+        redis.call('HDEL', k_raised(id), m)
+      end
+    end
+    for _, m in ipairs(new_models) do
+      if not before[m] then added[#added + 1] = m end
+    end
+    if #added > 0 then changed = true end
+    redis.call('HSET', k_node(id), 'executable_models', new_json)
+    s.executable_models = new_json
+    models = new_models
+  end
+  -- /v1/models shows backends too: a node whose backend changed moves the stamp.
+  if s.gpu_backend and s.gpu_backend ~= s.listed_backend then
+    redis.call('HSET', k_node(id), 'listed_backend', s.gpu_backend)
+    changed = true
+  end
+  -- So does a node whose runtime stopped or resumed serving.
+  local listed = serving and '1' or '0'
+  if s.listed_serving ~= listed then
+    redis.call('HSET', k_node(id), 'listed_serving', listed)
+    changed = true
+    rebuild = true
+  end
+  if changed then models_changed() end
+  redis.call('ZADD', k_alive(), now + alive_ttl, id)
+  if not rebuild then
+    rebuild = tonumber(s.floor_base) ~= base_floor(s)
+      or s.routable ~= (is_routable(s) and '1' or '0')
+      or (s.excl_next ~= nil and tonumber(s.excl_next) <= now)
+      or (old.loaded_models == nil) ~= (s.loaded_models == nil)
+  end
+  if rebuild then
+    for _, m in ipairs(models) do
+      if serving then
+        redis.call('ZADD', k_model_nodes(m), 'NX', now, id)
+      else
+        redis.call('ZREM', k_model_nodes(m), id)
+      end
+    end
+    rebuild_load(id, now, s)
+    refresh_known(id, models, s.models, now)
+  else
+    local warm = warm_of(s.loaded_models)
+    if #added > 0 then
+      local base = tonumber(s.floor_base)
+      local routable = s.routable == '1'
+      local excluded = excluded_now(id, now)
+      for _, m in ipairs(added) do
+        if serving then redis.call('ZADD', k_model_nodes(m), 'NX', now, id) end
+        if routable and not excluded[m] then
+          redis.call('ZADD', k_model_load(m), model_floor(base, warm, m), id)
+        end
+      end
+      mark_known(added, now)
+    end
+    if old.loaded_models ~= s.loaded_models then
+      -- Only the models whose warm bit flipped move, by exactly COLD (floor and raised).
+      local was = warm_of(old.loaded_models)
+      local current, fresh = as_set(models), as_set(added)
+      local flipped = {}
+      for m in pairs(was) do if not warm[m] then flipped[m] = COLD end end
+      for m in pairs(warm) do if not was[m] then flipped[m] = -COLD end end
+      for m, delta in pairs(flipped) do
+        if current[m] and not fresh[m] then
+          local stored = redis.call('ZSCORE', k_model_load(m), id)
+          if stored then redis.call('ZADD', k_model_load(m), tonumber(stored) + delta, id) end
+          local fl = redis.call('HGET', k_raised(id), m)
+          if fl then redis.call('HSET', k_raised(id), m, tonumber(fl) + delta) end
+        end
+      end
+    end
+    if old.max_concurrency ~= s.max_concurrency then
+      rescore_raised(id, in_flight(id, now), s.max_concurrency)
+    end
+    if now - (tonumber(s.known_at) or 0) >= KNOWN_REFRESH_MS then
+      refresh_known(id, models, s.models, now)
+    elseif old.models ~= s.models then
+      mark_known(decode_list(s.models), now)
+    end
+  end
+  sweep_lapsed(now, SWEEP_BATCH)
 end
 
 -- Remove every trace of a node except its live leases: their holders release them
@@ -303,6 +517,7 @@ local function forget_node(id)
       redis.call('HDEL', k_created(), m)
       redis.call('DEL', k_model_load(m), k_model_rr(m), k_queue(m), k_queue_alive(m),
         k_queue_fair(m), k_queue_shed(m), k_queue_info(m))
+      redis.call('SREM', k_queues_active(), m)
     end
   end
   models_changed()
@@ -313,5 +528,7 @@ local function forget_node(id)
     end
   end
   redis.call('ZREM', k_alive(), id)
-  redis.call('DEL', key, k_excluded(id), k_unsupported(id))
+  redis.call('DEL', key, k_excluded(id), k_unsupported(id), k_raised(id))
+  -- The sweep's mark means nothing without nodes: it goes with the last one.
+  if redis.call('EXISTS', k_alive()) == 0 then redis.call('DEL', k_swept()) end
 end

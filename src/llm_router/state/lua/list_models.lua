@@ -6,19 +6,31 @@
 -- list of backends, ... The stamp is models:version as this list saw it; the list stays
 -- right while the stamp does not move and no node's liveness deadline passes (see
 -- models_stamp.lua).
+--
+-- model:<m>:nodes holds the nodes that can execute <m> minus those swept since their
+-- liveness lapsed (lib.lua, sweep_lapsed); the ones that lapsed after the last sweep are
+-- subtracted here, so the count is exact without a liveness read per member.
 
 local now = now_ms()
 local out = {redis.call('GET', k_models_version()) or '0', now}
+local since = redis.call('GET', k_swept()) or '0'
+local lapsed = redis.call('ZRANGE', k_alive(), '(' .. since, now, 'BYSCORE')
+local gone, gone_from = as_set(lapsed), {}
+for _, id in ipairs(lapsed) do
+  for _, m in ipairs(node_models(id)) do
+    if redis.call('ZSCORE', k_model_nodes(m), id) then gone_from[m] = (gone_from[m] or 0) + 1 end
+  end
+end
 local models = redis.call('ZRANGE', k_known(), now - tonumber(ARGV[1]), '+inf', 'BYSCORE')
 table.sort(models)
 for _, m in ipairs(models) do
-  local count = redis.call('ZCOUNT', k_model_nodes(m), now, '+inf')
+  local count = redis.call('ZCARD', k_model_nodes(m)) - (gone_from[m] or 0)
   if count > 0 then
     -- Backends are sampled from a bounded number of nodes to keep the script short.
-    local live = redis.call('ZRANGE', k_model_nodes(m), now, '+inf', 'BYSCORE', 'LIMIT', 0, 64)
+    local sample = redis.call('ZRANGE', k_model_nodes(m), 0, 63 + (gone_from[m] or 0))
     local backends, seen = {}, {}
-    for _, id in ipairs(live) do
-      local b = redis.call('HGET', k_node(id), 'gpu_backend')
+    for _, id in ipairs(sample) do
+      local b = not gone[id] and redis.call('HGET', k_node(id), 'gpu_backend')
       if b and not seen[b] then
         seen[b] = true
         backends[#backends + 1] = b

@@ -8,6 +8,7 @@
 
 local now = now_ms()
 local horizon = now - tonumber(ARGV[1])
+sweep_lapsed(now, tonumber(ARGV[2]))
 local stale = redis.call('ZRANGE', k_alive(), '-inf', horizon, 'BYSCORE', 'LIMIT', 0,
   tonumber(ARGV[2]))
 for _, id in ipairs(stale) do forget_node(id) end
@@ -15,13 +16,14 @@ for _, id in ipairs(stale) do forget_node(id) end
 local models = redis.call('ZRANGE', k_known(), '-inf', horizon, 'BYSCORE', 'LIMIT', 0,
   tonumber(ARGV[2]))
 for _, m in ipairs(models) do
-  -- Members of model:<m>:nodes are only left behind by forgotten nodes: drop them too.
-  redis.call('ZREMRANGEBYSCORE', k_model_nodes(m), '-inf', horizon)
+  -- Members of model:<m>:nodes leave with their node (forgotten, swept once it lapsed, or
+  -- no longer executing it): an empty set means nobody can run the model.
   if redis.call('ZCARD', k_model_nodes(m)) == 0 then
     redis.call('ZREM', k_known(), m)
     redis.call('HDEL', k_created(), m)
     redis.call('DEL', k_model_nodes(m), k_model_load(m), k_model_rr(m), k_queue(m),
       k_queue_alive(m), k_queue_fair(m), k_queue_shed(m), k_queue_info(m))
+    redis.call('SREM', k_queues_active(), m)
   end
 end
 return {#stale, #models}

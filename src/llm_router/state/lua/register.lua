@@ -6,7 +6,8 @@
 -- ARGV[3]  sha256 of the node's new token (the old token stops working)
 -- ARGV[4]  JSON object of record fields (strings) to store on the node hash
 -- ARGV[5]  JSON list of executable models
--- ARGV[6]  JSON list of installed models
+-- ARGV[6]  JSON list of installed models (also in ARGV[4] as "models", whence they are
+--          marked known)
 -- ARGV[7]  liveness TTL (ms)
 -- ARGV[8]  public id of the node key registering, or "" (admin key, open scope: unbounded)
 -- ARGV[9]  most identities one node key may hold
@@ -65,5 +66,5 @@ args[#args + 1] = 'last_seen'
 args[#args + 1] = now
 redis.call('HSET', k_node(id), unpack(args))
 
-refresh_liveness(id, now, tonumber(ARGV[7]), ARGV[5], decode_list(ARGV[6]))
+refresh_liveness(id, now, tonumber(ARGV[7]), ARGV[5], nil)
 return {status, id}
