@@ -309,8 +309,13 @@ class MultiplexedRedis:
             self._checking = None
 
     async def evalsha(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._script(("EVALSHA", sha, len(keys), *keys, *args))
+
+    async def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._script(("FCALL", function, len(keys), *keys, *args))
+
+    async def _script(self, command: tuple[Any, ...]) -> Any:
         self._maybe_recheck()
-        command = ("EVALSHA", sha, len(keys), *keys, *args)
         link: _Link | None = None
         #: The link whose reply this call is waiting for, if any: a timeout fails only it.
         owed: _Link | None = None

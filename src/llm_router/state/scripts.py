@@ -2,14 +2,23 @@
 
 Every script is ``lib.lua`` (key builders, scoring, liveness helpers), then the helper
 libraries it needs (``_LIBRARIES``), then its own file; each file's header names its KEYS and
-ARGV. Scripts run with EVALSHA and fall back to
-loading on NOSCRIPT (a restarted or failed-over Redis), which redis-py's Script does.
-Redis errors are translated here, at the boundary, into ``StateStoreUnavailable``.
+ARGV.
+
+Where the store has Redis Functions (Redis 7, and the embedded store), all scripts are loaded
+once as one function library, ``llmr_<digest of the sources>``, and run with FCALL: the
+library's helpers are then compiled and defined once per load instead of once per call,
+which EVALSHA of a script with the helpers prepended does on every call. The digest in the
+name lets replicas of two versions share a Redis during a rollout. A store that lost the
+library (restarted without persistence) gets it again on the first "function not found";
+one that has no Functions, or refuses the load, runs the same sources with EVALSHA, which
+falls back to loading on NOSCRIPT (redis-py's Script does). Redis errors are translated
+here, at the boundary, into ``StateStoreUnavailable``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,10 +67,46 @@ STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 _LIBRARIES: dict[str, tuple[str, ...]] = {"acquire": ("affinity", "fair")}
 
 
+def _read(part: str) -> str:
+    return (resources.files("llm_router.state") / "lua" / f"{part}.lua").read_text()
+
+
 def _load_source(name: str) -> str:
-    lua = resources.files("llm_router.state") / "lua"
-    parts = ("lib", *_LIBRARIES.get(name, ()), name)
-    return "\n".join((lua / f"{part}.lua").read_text() for part in parts)
+    return "\n".join(_read(part) for part in ("lib", *_LIBRARIES.get(name, ()), name))
+
+
+@dataclass(frozen=True)
+class FunctionLibrary:
+    """Every script as one Redis function library: the helpers once at the top, each
+    script's file as the body of its function (KEYS and ARGV are its parameters, and it
+    points the helpers at its fleet base before anything else)."""
+
+    source: str
+    names: dict[str, str]
+
+
+def function_library() -> FunctionLibrary:
+    helpers = sorted({"lib", *(h for parts in _LIBRARIES.values() for h in parts)}, key=_order)
+    prelude = "\n".join(_read(part) for part in helpers)
+    if "local BASE = KEYS[1]\n" not in prelude:
+        raise RuntimeError("lib.lua no longer defines BASE from KEYS[1]")
+    prelude = prelude.replace("local BASE = KEYS[1]\n", "local BASE\n", 1)
+    bodies = [
+        f"local function script_{name}(KEYS, ARGV)\nBASE = KEYS[1]\n{_read(name)}\nend"
+        for name in SCRIPT_NAMES
+    ]
+    digest = hashlib.sha1("\n".join([prelude, *bodies]).encode()).hexdigest()[:16]
+    names = {name: f"llmr_{digest}_{name}" for name in SCRIPT_NAMES}
+    registrations = [
+        f"redis.register_function('{names[name]}', script_{name})" for name in SCRIPT_NAMES
+    ]
+    source = "\n".join([f"#!lua name=llmr_{digest}", prelude, *bodies, *registrations])
+    return FunctionLibrary(source, names)
+
+
+def _order(part: str) -> int:
+    """lib.lua first: the helper libraries build on it."""
+    return 0 if part == "lib" else 1
 
 
 def _text(value: Any) -> str:
@@ -206,21 +251,64 @@ class FailureReport:
 class FleetScripts:
     """Typed calls into the fleet's scripts; one instance per store connection."""
 
-    def __init__(self, redis: Any, keys: Keys, fast: MultiplexedRedis | None = None) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        keys: Keys,
+        fast: MultiplexedRedis | None = None,
+        *,
+        functions: bool = True,
+    ) -> None:
+        self._redis = redis
         self._keys = keys
         self._base = [keys.base]
         self._scripts = {n: redis.register_script(_load_source(n)) for n in SCRIPT_NAMES}
         self._fast = fast
+        self._library = function_library()
+        #: None until the first call finds out whether the store takes the library.
+        self._functions: bool | None = None if functions else False
+
+    async def _load_library(self) -> None:
+        try:
+            await self._redis.function_load(self._library.source)
+            self._functions = True
+        except STORE_DOWN_ERRORS:
+            raise
+        except redis_errors.RedisError as exc:
+            # Another replica (or this one, concurrently) loaded it first: just as good.
+            self._functions = "already exists" in str(exc)
+
+    async def _fcall(self, name: str, args: list[str | int | float]) -> Any:
+        function = self._library.names[name]
+        if self._fast is not None and name in _HOT_PATH:
+            return await self._fast.fcall(function, self._base, args)
+        return await self._redis.fcall(function, 1, *self._base, *args)
 
     async def _call(self, name: str, *args: str | int | float) -> Any:
         script = self._scripts[name]
         try:
+            if self._functions is None:
+                await self._load_library()
+            if self._functions:
+                try:
+                    return await self._fcall(name, list(args))
+                except redis_errors.ResponseError as exc:
+                    if "function not found" not in str(exc).lower():
+                        raise
+                    await self._load_library()  # a store that lost it: load it again
+                    if self._functions:
+                        return await self._fcall(name, list(args))
             if self._fast is not None and name in _HOT_PATH:
                 with contextlib.suppress(NoScriptError):  # redis-py below loads it
                     return await self._fast.evalsha(script.sha, self._base, list(args))
             return await script(keys=self._base, args=list(args))
         except STORE_DOWN_ERRORS as exc:
             raise StateStoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    @property
+    def uses_functions(self) -> bool | None:
+        """Whether calls go through the function library (None: not known before a call)."""
+        return self._functions
 
     async def register(
         self,
