@@ -1,7 +1,7 @@
 """Redis micro-benchmarks of the fleet's scripts, on a real redis-server.
 
-Server time per call comes from ``INFO commandstats`` (usec/calls of EVALSHA after a
-``CONFIG RESETSTAT``), client time from the caller's clock around each await. A naive
+Server time per call comes from ``INFO commandstats`` (usec/calls of FCALL or EVALSHA after
+a ``CONFIG RESETSTAT``), client time from the caller's clock around each await. A naive
 scan (every capable node's leases counted on each pick) runs on the same data, to show
 what the load index saves.
 """
@@ -59,13 +59,23 @@ async def commandstats(redis: Redis) -> dict[str, tuple[int, float]]:
     return out
 
 
+#: How a script call shows in commandstats: the fleet's scripts run with FCALL where the
+#: store has Functions, EVALSHA otherwise (and the naive scan is always EVALSHA).
+SCRIPT_COMMANDS = ("evalsha", "fcall", "fcall_ro")
+
+
+def script_totals(stats: dict[str, tuple[int, float]]) -> tuple[int, float]:
+    """Script calls and their total server µs."""
+    picked = [stats.get(c, (0, 0.0)) for c in SCRIPT_COMMANDS]
+    return sum(n for n, _ in picked), sum(u for _, u in picked)
+
+
 async def measure(
     redis: Redis,
     call: Callable[[int], Awaitable[object]],
     *,
     calls: int,
     budget_s: float,
-    command: str = "evalsha",
 ) -> CallStats:
     await redis.config_resetstat()
     latencies: list[float] = []
@@ -76,7 +86,7 @@ async def measure(
         start = time.perf_counter()
         await call(i)
         latencies.append((time.perf_counter() - start) * 1e6)
-    stats = (await commandstats(redis)).get(command, (0, 0.0))
+    stats = script_totals(await commandstats(redis))
     return CallStats(
         calls=len(latencies),
         server_us=stats[1] / stats[0] if stats[0] else float("nan"),
@@ -180,9 +190,9 @@ async def _acquire_cost(
 
     stats = await measure(redis, pick, calls=calls, budget_s=budget_s)
     inner = await commandstats(redis)
-    script_calls = inner.get("evalsha", (0, 0.0))[0]
+    script_calls = script_totals(inner)[0]
     commands = sum(
-        n for name, (n, _) in inner.items() if name not in ("evalsha", "config|resetstat")
+        n for name, (n, _) in inner.items() if name not in (*SCRIPT_COMMANDS, "config|resetstat")
     )
     for node_id, lease in held:
         await fleet.release(node_id, lease)
@@ -260,12 +270,12 @@ async def _queue_row(redis: Redis, tenants: int, waiting: int, hand_offs: int) -
         latencies.append((time.perf_counter() - start) * 1e6)
         assert isinstance(got, Granted), got
         held = (got.node_id, got.lease_id)
-    calls, usec = (await commandstats(redis)).get("evalsha", (0, 0.0))
+    calls, usec = script_totals(await commandstats(redis))
     return {
         "tenants": tenants,
         "queued": waiting,
         "join_server_us": joined.server_us,
-        # Release and acquire are both EVALSHA; the pair's server time per hand-off.
+        # Release and acquire are both script calls; the pair's server time per hand-off.
         "hand_off_server_us": usec / (calls / 2) if calls else float("nan"),
         "hand_off_p50_us": statistics.median(latencies),
         "hand_off_p99_us": percentile(latencies, 99),
@@ -330,7 +340,10 @@ async def heartbeat_cost(redis: Redis, nodes: int, calls: int, budget_s: float) 
     fleet = Fleet(redis)
     models = [f"org/model-{j}-Q4_K_M.gguf" for j in range(20)]
     regs = await _populate(fleet, nodes, lambda _i: models, 8)
-    await fleet.heartbeat(regs[0], models)
+    # The first beat after registering carries a latency the registration did not (a
+    # changed floor, every entry rewritten); the row is the steady state after it.
+    for reg in regs:
+        await fleet.heartbeat(reg, models)
     stats = await measure(
         redis,
         lambda i: fleet.heartbeat(regs[i % len(regs)], models),
@@ -356,6 +369,10 @@ async def run_micro(
             f"  memory: {result['memory']['bytes_per_node']:.0f} B per node with 20 models",
             flush=True,
         )
+        # The full axis (10,000 nodes too) is `python -m tests.benchmarks.micro`.
+        result["models_per_node"] = await models_per_node_cost(
+            redis, [memory_nodes], [1, 20, 50, 100], calls, budget_s
+        )
         return result
     finally:
         await redis.flushall()
@@ -374,14 +391,6 @@ def _axis_models(index: int, per_node: int, flip: int = 0) -> list[str]:
     return [MODEL, *others]
 
 
-async def _script_server_us(redis: Redis) -> tuple[int, float]:
-    """Script calls and their server µs since the last reset (EVALSHA and FCALL alike)."""
-    stats = await commandstats(redis)
-    calls = sum(stats.get(c, (0, 0.0))[0] for c in ("evalsha", "fcall", "fcall_ro"))
-    usec = sum(stats.get(c, (0, 0.0))[1] for c in ("evalsha", "fcall", "fcall_ro"))
-    return calls, usec
-
-
 async def _measure_scripts(
     redis: Redis, call: Callable[[int], Awaitable[object]], calls: int, budget_s: float
 ) -> float:
@@ -391,7 +400,7 @@ async def _measure_scripts(
         if time.perf_counter() > deadline:
             break
         await call(i)
-    n, usec = await _script_server_us(redis)
+    n, usec = script_totals(await commandstats(redis))
     return usec / n if n else float("nan")
 
 
