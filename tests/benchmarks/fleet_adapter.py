@@ -24,6 +24,7 @@ from llm_router.state.scripts import (
     FleetScripts,
     Granted,
     Queued,
+    function_library,
 )
 from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
 
@@ -148,6 +149,8 @@ def multiplexed_registry(
 
 
 def script_names_by_sha(redis: Any) -> dict[str, str]:
-    """SHA1 of each fleet script (as EVALSHA names it) -> the script's name."""
+    """SHA1 of each fleet script (as EVALSHA names it), and its function's name in the
+    library (as FCALL names it) -> the script's name."""
     scripts = FleetScripts(redis, Keys("llmr"))
-    return {scripts._scripts[name].sha: name for name in SCRIPT_NAMES}
+    functions = {fn: name for name, fn in function_library().names.items()}
+    return {**{scripts._scripts[name].sha: name for name in SCRIPT_NAMES}, **functions}

@@ -113,15 +113,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Snapshot:
     wall: float
     cpu_s: float
-    evalsha_calls: int
-    evalsha_usec: float
+    script_calls: int  # FCALL (the function library) and EVALSHA together
+    script_usec: float
     commands: int
 
 
 async def snapshot(redis: Redis) -> Snapshot:
     cpu = await redis.info("cpu")
     stats = await redis.info("commandstats")
-    evalsha = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+    runs = [stats.get(f"cmdstat_{c}", {"calls": 0, "usec": 0}) for c in ("fcall", "evalsha")]
     commands = sum(
         int(v["calls"])
         for k, v in stats.items()
@@ -130,21 +130,21 @@ async def snapshot(redis: Redis) -> Snapshot:
     return Snapshot(
         wall=time.monotonic(),
         cpu_s=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
-        evalsha_calls=int(evalsha["calls"]),
-        evalsha_usec=float(evalsha["usec"]),
+        script_calls=sum(int(r["calls"]) for r in runs),
+        script_usec=sum(float(r["usec"]) for r in runs),
         commands=commands,
     )
 
 
 def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
     wall = b.wall - a.wall
-    calls = b.evalsha_calls - a.evalsha_calls
+    calls = b.script_calls - a.script_calls
     return {
         "seconds": wall,
         "redis_cpu_pct": (b.cpu_s - a.cpu_s) / wall * 100,
         "script_calls_per_s": calls / wall,
-        "script_server_us_mean": (b.evalsha_usec - a.evalsha_usec) / calls if calls else None,
-        "script_server_us_per_s": (b.evalsha_usec - a.evalsha_usec) / wall,
+        "script_server_us_mean": (b.script_usec - a.script_usec) / calls if calls else None,
+        "script_server_us_per_s": (b.script_usec - a.script_usec) / wall,
         "commands_per_s": (b.commands - a.commands) / wall,
     }
 
@@ -186,7 +186,8 @@ class SlowlogSample:
             if not words:
                 continue
             verb = words[0].lower()
-            name = self.shas.get(words[1], "other script") if verb == "evalsha" else verb
+            scripted = verb in ("evalsha", "fcall") and len(words) > 1
+            name = self.shas.get(words[1], "other script") if scripted else verb
             times.setdefault(name, []).append(float(entry["duration"]))
         return {
             name: {
