@@ -314,6 +314,11 @@ class MultiplexedRedis:
     async def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
         return await self._script(("FCALL", function, len(keys), *keys, *args))
 
+    async def function_load(self, source: str) -> Any:
+        """Load a function library on the node this connection talks to (the one owning the
+        fleet's slot once a call has been redirected there)."""
+        return await self._script(("FUNCTION", "LOAD", source))
+
     async def _script(self, command: tuple[Any, ...]) -> Any:
         self._maybe_recheck()
         link: _Link | None = None

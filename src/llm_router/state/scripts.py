@@ -227,6 +227,9 @@ class ModelList:
 #: How long a stored response's id keeps pointing at the node that created it.
 RESPONSE_TTL_MS = 24 * 3600 * 1000
 
+#: What _fcall_reloading answers when the library is still missing after a reload.
+_MISSING = object()
+
 #: Scripts on every proxied request: they take the lean shared connection when there is one.
 _HOT_PATH = frozenset({"acquire", "release", "renew"})
 
@@ -268,9 +271,14 @@ class FleetScripts:
         #: None until the first call finds out whether the store takes the library.
         self._functions: bool | None = None if functions else False
 
-    async def _load_library(self) -> None:
+    async def _load_library(self, loader: Any = None) -> None:
+        # First through the request path's connection where there is one: its timeout bounds
+        # an outage (redis-py's client retries). A reload goes through the client whose call
+        # found the library missing, so it lands where that client's calls go.
+        if loader is None:
+            loader = self._fast if self._fast is not None else self._redis
         try:
-            await self._redis.function_load(self._library.source)
+            await loader.function_load(self._library.source)
             self._functions = True
         except STORE_DOWN_ERRORS:
             raise
@@ -278,11 +286,29 @@ class FleetScripts:
             # Another replica (or this one, concurrently) loaded it first: just as good.
             self._functions = "already exists" in str(exc)
 
+    def _client_for(self, name: str) -> Any:
+        return self._fast if self._fast is not None and name in _HOT_PATH else self._redis
+
     async def _fcall(self, name: str, args: list[str | int | float]) -> Any:
         function = self._library.names[name]
         if self._fast is not None and name in _HOT_PATH:
             return await self._fast.fcall(function, self._base, args)
         return await self._redis.fcall(function, 1, *self._base, *args)
+
+    async def _fcall_reloading(self, name: str, args: list[str | int | float]) -> Any:
+        """FCALL; on "function not found" load the library again and retry once. Returns
+        _MISSING when it is still not there (the caller runs the script with EVALSHA)."""
+        for attempt in range(2):
+            try:
+                return await self._fcall(name, args)
+            except redis_errors.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                if attempt == 0:
+                    await self._load_library(self._client_for(name))
+                    if not self._functions:
+                        break
+        return _MISSING
 
     async def _call(self, name: str, *args: str | int | float) -> Any:
         script = self._scripts[name]
@@ -290,14 +316,9 @@ class FleetScripts:
             if self._functions is None:
                 await self._load_library()
             if self._functions:
-                try:
-                    return await self._fcall(name, list(args))
-                except redis_errors.ResponseError as exc:
-                    if "function not found" not in str(exc).lower():
-                        raise
-                    await self._load_library()  # a store that lost it: load it again
-                    if self._functions:
-                        return await self._fcall(name, list(args))
+                result = await self._fcall_reloading(name, list(args))
+                if result is not _MISSING:
+                    return result
             if self._fast is not None and name in _HOT_PATH:
                 with contextlib.suppress(NoScriptError):  # redis-py below loads it
                     return await self._fast.evalsha(script.sha, self._base, list(args))
