@@ -5,7 +5,7 @@ nodes leave their models' sets lazily without /v1/models ever counting them."""
 from __future__ import annotations
 
 from contract.fleet import Fleet, sleep_ms
-from llm_router.state.scripts import Queued
+from llm_router.state.scripts import Queued, Refused
 
 MODELS = ["flat-a", "flat-b", "flat-c"]
 UTIL_UNIT = 1e9
@@ -110,3 +110,21 @@ async def test_a_release_wakes_only_models_somebody_queues_for(fleet: Fleet) -> 
     assert not await fleet.redis.exists(fleet.keys.queues_active)
     await fleet.release(held)
     assert reg.node_id in await fleet.zmembers(fleet.keys.model_load(MODELS[1]))
+
+
+async def test_a_model_an_offline_node_remembers_stays_known_when_its_last_live_node_goes(
+    fleet: Fleet,
+) -> None:
+    """Swept out of the model's set, an offline node still counts for 404 against 503."""
+    short = fleet.with_timing(alive_ttl_ms=100)
+    staying = await fleet.register("staying", MODELS[:2])
+    offline = await fleet.register("offline", MODELS[:1], registry=short)
+    await sleep_ms(150)
+    await fleet.heartbeat(staying)  # sweeps the offline node out of model:<m>:nodes
+    assert offline.node_id not in await fleet.zmembers(fleet.keys.model_nodes(MODELS[0]))
+
+    assert await fleet.registry.deregister(staying.node_id) == "ok"
+    # The offline node can execute MODELS[0]: known, nobody to take it (503).
+    assert await fleet.acquire(MODELS[0]) == Refused("no_capable")
+    # Nobody remembers MODELS[1]: unknown at once (404).
+    assert await fleet.acquire(MODELS[1]) == Refused("not_found")

@@ -497,6 +497,24 @@ end
 -- harmlessly (an emptied sorted set disappears), and the key is set to expire with the
 -- latest one in case a holder died too. Setting the expiry here, once, keeps it off the
 -- per-request path; a lease renewed past it belongs to a node that no longer exists.
+-- Offline nodes leave model:<m>:nodes when swept but are remembered until forget-after: a
+-- model one of them can execute stays known when its last live node goes (a request is then
+-- a 503, not a 404). Offline nodes are few in a healthy fleet; past OFFLINE_SCAN of them the
+-- model is kept known (prune forgets it once nobody has advertised it for forget-after).
+local OFFLINE_SCAN = 64
+local function offline_executors(except_id)
+  local offline = redis.call('ZRANGE', k_alive(), '-inf', '(' .. now_ms(), 'BYSCORE', 'LIMIT',
+    0, OFFLINE_SCAN + 1)
+  if #offline > OFFLINE_SCAN then return nil end
+  local models = {}
+  for _, other in ipairs(offline) do
+    if other ~= except_id then
+      for _, m in ipairs(node_models(other)) do models[m] = true end
+    end
+  end
+  return models
+end
+
 local function forget_node(id)
   local key = k_node(id)
   local leases = k_leases(id)
@@ -507,12 +525,18 @@ local function forget_node(id)
   if f[1] and f[2] and f[3] and f[3] ~= '' then
     redis.call('SREM', k_key_identities(f[3]), f[1] .. ':' .. f[2])
   end
+  local remembered = false  -- read once, only when some model lost its last live node
   for _, m in ipairs(node_models(id)) do
     redis.call('ZREM', k_model_nodes(m), id)
     redis.call('ZREM', k_model_load(m), id)
     -- The last node that could execute it: the model leaves the fleet now, not at the
     -- 24 h forget (a request still queued for it finds it unknown at its next turn).
-    if redis.call('ZCARD', k_model_nodes(m)) == 0 then
+    local last = redis.call('ZCARD', k_model_nodes(m)) == 0
+    if last then
+      if remembered == false then remembered = offline_executors(id) end
+      last = remembered ~= nil and not remembered[m]
+    end
+    if last then
       redis.call('ZREM', k_known(), m)
       redis.call('HDEL', k_created(), m)
       redis.call('DEL', k_model_load(m), k_model_rr(m), k_queue(m), k_queue_alive(m),
