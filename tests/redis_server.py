@@ -18,6 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import ports  # tests/ is on the path (pytest)
+except ImportError:  # imported as tests.redis_server (the benchmarks)
+    from tests import ports
+
 START_TIMEOUT_S = 10.0
 
 
@@ -26,10 +31,7 @@ class RedisServerError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return ports.free_port()
 
 
 def _ping(port: int) -> bool:

@@ -361,7 +361,9 @@ def test_the_tenant_panel_shows_who_waits_and_who_runs_on_every_replica(
         for router, who in [(first, "a"), (first, "a"), (first, "a"), (second, "b"), (second, "b")]:
             pool.submit(send, router, who)
         pool.submit(send, second, "capped")
-        wait_until(lambda: model_of(state(second))["queue_depth"] == 6, 20, "six waiters")
+        # Each replica's view is cached for a second: wait until both have read the six.
+        for router in (first, second):
+            wait_until(lambda r=router: model_of(state(r))["queue_depth"] == 6, 20, "six waiters")
 
         for router in (first, second):
             body = state(router)

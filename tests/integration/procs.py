@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,11 @@ import redis
 
 from llm_router.state.keys import Keys
 
+try:
+    import ports  # tests/ is on the path (pytest)
+except ImportError:  # imported as tests.integration.procs (the benchmarks)
+    from tests import ports
+
 START_TIMEOUT_S = 20.0
 LOOPBACK = "127.0.0.1"
 
@@ -41,29 +45,9 @@ FAST_ROUTER_FLAGS: dict[str, Any] = {
 }
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def free_port_pair() -> int:
-    """A port P with P-1 free too: a simulated node listens on both."""
-    for _ in range(200):
-        port = free_port()
-        if port > 1025 and port_is_free(port - 1):
-            return port
-    raise RuntimeError("no free pair of adjacent loopback ports")
+port_is_free = ports.is_free
+free_port = ports.free_port
+free_port_pair = ports.free_port_pair
 
 
 def _flags(options: dict[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+import ports
 from integration.certs import CertAuthority
 from integration.fake_router import FakeRouter
 from llm_router.node.server import (
@@ -34,9 +35,7 @@ from llm_router.sim.node import run_sim_node
 
 def free_port(minimum: int = 1) -> int:
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = ports.free_port()
         if port > minimum:
             return port
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
+import ports
 from integration.fake_router import FakeRouter
 from llm_router.gpu import GpuBackend, ModelSpec
 from llm_router.node.app import MAX_JSON_DEPTH, RuntimeProxy, create_node_app
@@ -28,19 +28,7 @@ from llm_router.sim.node import run_sim_node
 Start = Callable[..., Awaitable[str]]
 
 
-def free_port_pair() -> int:
-    """A port P with P and P-1 both free (the sim runtime takes P-1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port - 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
+free_port_pair = ports.free_port_pair  # P and P-1 both free (the sim runtime takes P-1)
 
 
 #: What the fake router's first registration answer issues, presented as the router would.

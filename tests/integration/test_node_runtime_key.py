@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import httpx
 
+import ports
 from llm_router.gpu import GpuBackend, ModelSpec
 from llm_router.node.app import RuntimeProxy, create_node_app
 from llm_router.node.asgi import Receive, Scope, Send, read_body, send_json
@@ -32,9 +32,7 @@ class RecordingRuntime:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 async def _through_agent(api_key: str | None) -> tuple[RecordingRuntime, Any]:
