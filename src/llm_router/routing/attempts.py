@@ -16,9 +16,8 @@ import hashlib
 import logging
 import os
 
-import aiohttp
-
 from llm_router.errors import GatewayTimeout, RouterError, UpstreamError
+from llm_router.routing.hop_client import ConnectFailed, ConnectTimeout, HopError, TLSFailed
 from llm_router.routing.node_hop import tls_failure_reason
 
 log = logging.getLogger("llm_router.routing.proxy")
@@ -48,24 +47,24 @@ class AttemptFailed(Exception):
         self.declined = declined
 
 
-def connection_failure(node_id: str, exc: aiohttp.ClientError) -> AttemptFailed:
+def connection_failure(node_id: str, exc: HopError) -> AttemptFailed:
     """Translate an error raised while sending the request and waiting for the headers."""
-    if isinstance(exc, aiohttp.ClientSSLError):
+    if isinstance(exc, TLSFailed):
         reason = tls_failure_reason(exc)
         # A certificate problem is the operator's to fix: said once per exclusion, loudly.
         log.warning("TLS to node %s failed: %s (%s)", node_id, reason, exc)
         return AttemptFailed(
             UpstreamError(f"node {node_id} failed TLS ({reason})"), Verdict.UNREACHABLE, str(exc)
         )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        errno = exc.os_error.errno
+    if isinstance(exc, ConnectFailed):
+        errno = exc.errno
         reason = os.strerror(errno).lower() if errno else "connection failed"
         return AttemptFailed(
             UpstreamError(f"node {node_id} could not be reached ({reason})"),
             Verdict.UNREACHABLE,
             str(exc),
         )
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimeout):
         return AttemptFailed(
             GatewayTimeout(f"node {node_id} did not accept a connection in time"),
             Verdict.UNREACHABLE,

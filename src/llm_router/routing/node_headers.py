@@ -9,8 +9,8 @@ content types an endpoint's answers may have is its row's business (``endpoints.
 from __future__ import annotations
 
 import re
-
-from multidict import CIMultiDictProxy
+from collections.abc import Iterable
+from typing import Protocol
 
 SSE = "text/event-stream"
 
@@ -30,7 +30,17 @@ def media_type(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def passed_headers(upstream: CIMultiDictProxy[str]) -> dict[str, str]:
+class HeaderView(Protocol):
+    """A response's headers as any HTTP client keeps them (ours, or a multidict)."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+    def getall(self, key: str, /) -> list[str]: ...
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+
+def passed_headers(upstream: HeaderView) -> dict[str, str]:
     """The node's headers a client may see, lower-cased, first occurrence of each.
 
     Headers the node names in ``Connection`` are hop-by-hop by its own say-so and stay

@@ -46,11 +46,6 @@ def tls_failure_reason(exc: BaseException) -> str:
     """Why a TLS connection to a node failed, in words an operator can act on."""
     cause: BaseException | None = exc
     while cause is not None:
-        # aiohttp's wrappers subclass the ssl errors too: unwrap them first.
-        nested = getattr(cause, "certificate_error", None) or getattr(cause, "os_error", None)
-        if isinstance(nested, BaseException) and nested is not cause:
-            cause = nested
-            continue
         if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
             return f"certificate verify failed: {cause.verify_message}"
         if isinstance(cause, ssl.SSLError) and cause.reason:

@@ -35,8 +35,6 @@ import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from llm_router.errors import (
     GatewayTimeout,
     NoCapableNodes,
@@ -55,6 +53,7 @@ from llm_router.routing.attempts import (
 )
 from llm_router.routing.deadline import Deadline
 from llm_router.routing.endpoints import Dialect, Endpoint
+from llm_router.routing.hop_client import HopClient, HopError, HopResponse
 from llm_router.routing.node_headers import SSE, media_type, passed_headers
 from llm_router.routing.response_ids import StreamIdFinder, id_of_object
 from llm_router.routing.select import Dispatcher, Lease, Want
@@ -165,29 +164,18 @@ class Proxy:
         self._dispatcher = dispatcher
         self._config = config
         self._observer = observer
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HopClient | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            keepalive_timeout=30,
-            enable_cleanup_closed=True,
-            ssl=self._config.node_ssl or True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=self._config.connect_timeout_s,
-                sock_read=self._config.idle_timeout_s,
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        self._client = HopClient(
+            connect_timeout_s=self._config.connect_timeout_s,
+            idle_timeout_s=self._config.idle_timeout_s,
+            ssl_context=self._config.node_ssl,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def forward(
         self, call: Call, client_gone: Callable[[], Awaitable[object]] | None = None
@@ -208,7 +196,7 @@ class Proxy:
         trace: RequestTrace,
         client_gone: Callable[[], Awaitable[object]] | None,
     ) -> ProxyReply:
-        assert self._session is not None, "Proxy.start() was not awaited"
+        assert self._client is not None, "Proxy.start() was not awaited"
         headers = call.headers
         out_headers = {h: headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in headers}
         out_headers["x-request-id"] = call.request_id
@@ -331,26 +319,22 @@ class Proxy:
     async def _attempt(
         self, lease: Lease, call: Call, headers: dict[str, str], trace: RequestTrace
     ) -> ProxyReply:
-        assert self._session is not None
-        url = lease.url + call.target
+        client = self._client
+        assert client is not None
         method = call.endpoint.method
         node = lease.node_id
         deadline = Deadline()
         trace.sending()
         try:
             with deadline.within(self._config.first_byte_timeout_s):
-                upstream = await self._session.request(
-                    method,
-                    url,
-                    data=call.body or None,
-                    headers={**headers, **lease.node_headers},
-                    allow_redirects=False,
+                upstream = await client.request(
+                    method, lease.url, call.target, call.body, {**headers, **lease.node_headers}
                 )
         except TimeoutError as exc:
             raise AttemptFailed(
                 GatewayTimeout(f"node {node} did not answer in time"), Verdict.ANSWER
             ) from exc
-        except aiohttp.ClientError as exc:
+        except HopError as exc:
             raise connection_failure(node, exc) from exc
 
         response_headers = self._response_headers(upstream, lease, call.request_id)
@@ -413,8 +397,8 @@ class Proxy:
 
         try:
             with deadline.within(self._config.first_byte_timeout_s):
-                first = await upstream.content.readany()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                first = await upstream.readany()
+        except (HopError, TimeoutError) as exc:
             upstream.release()
             raise bad_answer(node, "failed before streaming", repr(exc)) from exc
         if not first:
@@ -441,7 +425,7 @@ class Proxy:
 
     async def _relay(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: HopResponse,
         first: bytes,
         lease: Lease,
         call: Call,
@@ -454,7 +438,7 @@ class Proxy:
             if finder is not None:
                 finder.feed(first)
             yield first
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream:
                 if finder is not None and not finder.found:
                     finder.feed(chunk)
                 yield chunk
@@ -462,7 +446,7 @@ class Proxy:
             # Closed or cancelled before the node ended the stream: the client left.
             closed = True
             raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HopError, TimeoutError) as exc:
             log.info("stream from node %s broke: %s", lease.node_id, exc)
             broken = True
             yield stream_error_event(
@@ -480,9 +464,7 @@ class Proxy:
                 _recording(lease, found, call.model),
             )
 
-    async def _read_whole(
-        self, upstream: aiohttp.ClientResponse, node: str, deadline: Deadline
-    ) -> bytes:
+    async def _read_whole(self, upstream: HopResponse, node: str, deadline: Deadline) -> bytes:
         """The body of a non-streamed answer, within the size and time bounds."""
         limit = self._config.max_response_bytes
         try:
@@ -491,7 +473,7 @@ class Proxy:
             chunks: list[bytes] = []
             size = 0
             with deadline.within(self._config.response_body_timeout_s):
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream:
                     size += len(chunk)
                     if size > limit:
                         raise bad_answer(node, f"sent an answer larger than {limit} bytes")
@@ -501,15 +483,13 @@ class Proxy:
             raise AttemptFailed(
                 GatewayTimeout(f"node {node} did not finish its answer in time"), Verdict.ANSWER
             ) from exc
-        except aiohttp.ClientError as exc:
+        except HopError as exc:
             raise bad_answer(node, "failed mid-response", f"{type(exc).__name__}: {exc}") from exc
         finally:
             upstream.release()
 
     @staticmethod
-    def _response_headers(
-        upstream: aiohttp.ClientResponse, lease: Lease, request_id: str
-    ) -> dict[str, str]:
+    def _response_headers(upstream: HopResponse, lease: Lease, request_id: str) -> dict[str, str]:
         headers = passed_headers(upstream.headers)
         content_type = upstream.headers.get("content-type")
         if content_type:
