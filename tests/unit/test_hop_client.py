@@ -17,6 +17,7 @@ import pytest
 import uvloop
 
 from integration.certs import CertAuthority
+from llm_router.routing import hop_client
 from llm_router.routing.attempts import Verdict, connection_failure
 from llm_router.routing.hop_client import (
     HIGH_WATER,
@@ -430,6 +431,53 @@ async def test_an_answer_announced_too_large_is_refused_before_its_body(
     assert response.content_length == 99999999
     response.release()
     node.handler = ok
+    assert await body_of(await post(hop, node)) == b"{}"
+    await hop.close()
+    assert node.connections == 2
+
+
+async def test_idle_connections_expire_after_the_keepalive(
+    serve: Callable[[Handler], Awaitable[Node]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hop_client, "KEEPALIVE_S", 0.2)
+    hung_up = asyncio.Event()
+
+    async def answer_then_wait(reader: Reader, writer: Writer) -> None:
+        await node.read_request(reader)
+        writer.write(OK)
+        assert await reader.read() == b""  # the client closed it, not us
+        hung_up.set()
+
+    node = await serve(answer_then_wait)
+    hop = client()
+    assert await body_of(await post(hop, node)) == b"{}"
+    await asyncio.wait_for(hung_up.wait(), 10)
+    await hop.close()
+
+
+async def test_a_request_cancelled_before_its_answer_closes_its_connection(
+    serve: Callable[[Handler], Awaitable[Node]],
+) -> None:
+    # Its answer may still come: that connection can serve nobody else.
+    hung_up = asyncio.Event()
+
+    async def slow_then_fast(reader: Reader, writer: Writer) -> None:
+        request = await node.read_request(reader)
+        if b"slow" in request:
+            assert await reader.read() == b""
+            hung_up.set()
+            return
+        writer.write(OK)
+        await reader.read()
+
+    node = await serve(slow_then_fast)
+    hop = client()
+    slow = asyncio.ensure_future(post(hop, node, b'"slow"'))
+    await node.request_seen.wait()
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    await asyncio.wait_for(hung_up.wait(), 10)
     assert await body_of(await post(hop, node)) == b"{}"
     await hop.close()
     assert node.connections == 2
