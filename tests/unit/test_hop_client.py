@@ -22,6 +22,7 @@ from llm_router.routing.attempts import Verdict, connection_failure
 from llm_router.routing.hop_client import (
     HIGH_WATER,
     ConnectFailed,
+    ConnectTimeout,
     Disconnected,
     HopClient,
     HopResponse,
@@ -481,3 +482,28 @@ async def test_a_request_cancelled_before_its_answer_closes_its_connection(
     assert await body_of(await post(hop, node)) == b"{}"
     await hop.close()
     assert node.connections == 2
+
+
+async def test_a_node_that_never_accepts_is_a_connect_timeout() -> None:
+    # A listener whose accept queue is full drops further SYNs: the connect hangs.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        hop = HopClient(connect_timeout_s=0.3, idle_timeout_s=5)
+        try:
+            with pytest.raises(ConnectTimeout) as raised:
+                await hop.request("GET", f"http://127.0.0.1:{port}", "/v1/models", b"", {})
+        finally:
+            await hop.close()
+            for filler in fillers:
+                filler.close()
+    failed = connection_failure("n1", raised.value)
+    assert failed.verdict is Verdict.UNREACHABLE
+    assert failed.error.message == "node n1 did not accept a connection in time"
