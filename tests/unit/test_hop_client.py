@@ -58,6 +58,8 @@ class Node:
             await self.handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            return  # the loop is closing at the test's end: nothing left to serve
         finally:
             writer.close()
 
