@@ -128,3 +128,61 @@ async def test_a_model_an_offline_node_remembers_stays_known_when_its_last_live_
     assert await fleet.acquire(MODELS[0]) == Refused("no_capable")
     # Nobody remembers MODELS[1]: unknown at once (404).
     assert await fleet.acquire(MODELS[1]) == Refused("not_found")
+
+
+async def _loads(fleet: Fleet, node_id: str) -> dict[str, float]:
+    return {m: (await fleet.zmembers(fleet.keys.model_load(m)))[node_id] for m in MODELS}
+
+
+async def test_runtime_pressure_moves_the_floor_only_by_two_bands_or_back_to_idle(
+    fleet: Fleet,
+) -> None:
+    """A runtime queue that jitters by one request rewrites no model's entry on its beats."""
+    reg = await fleet.register("box", MODELS)
+    await fleet.heartbeat(reg, runtime_load={"waiting": 0})
+    idle = await _loads(fleet, reg.node_id)
+    pressed = 1e7  # one band of runtime pressure in the score
+    await fleet.heartbeat(reg, runtime_load={"waiting": 1})
+    assert await _loads(fleet, reg.node_id) == idle
+    await fleet.heartbeat(reg, runtime_load={"waiting": 2})
+    moved = await _loads(fleet, reg.node_id)
+    assert moved == {m: idle[m] + 2 * pressed for m in MODELS}
+    # 2 -> 3 -> 1: one band each way from the value in force (2) moves nothing.
+    await fleet.heartbeat(reg, runtime_load={"waiting": 3})
+    await fleet.heartbeat(reg, runtime_load={"waiting": 1})
+    assert await _loads(fleet, reg.node_id) == moved
+    # Idle again counts at once.
+    await fleet.heartbeat(reg, runtime_load={"waiting": 0})
+    assert await _loads(fleet, reg.node_id) == idle
+
+
+async def test_liveness_falls_back_to_the_alive_index_when_the_nodes_copy_lags(
+    fleet: Fleet,
+) -> None:
+    """A replica of an older version writes nodes:alive only: a node whose copy is missing
+    or behind is judged by nodes:alive, never dropped for it."""
+    reg = await fleet.register("box", MODELS)
+    key = fleet.keys.node(reg.node_id)
+    assert int(await fleet.redis.hget(key, "alive_until")) == int(
+        await fleet.redis.zscore(fleet.keys.nodes_alive, reg.node_id)
+    )
+    await fleet.redis.hdel(key, "alive_until")
+    first = await fleet.lease(MODELS[0])
+    await fleet.redis.hset(key, "alive_until", 1)
+    second = await fleet.lease(MODELS[0])
+    assert first.node_id == second.node_id == reg.node_id
+    assert reg.node_id in await fleet.zmembers(fleet.keys.model_load(MODELS[0]))
+
+
+async def test_a_release_counts_expired_leases_out_and_the_heartbeat_prunes_them(
+    fleet: Fleet,
+) -> None:
+    reg = await fleet.register("box", MODELS, max_concurrency=4)
+    floor = (await fleet.zmembers(fleet.keys.model_load(MODELS[0])))[reg.node_id]
+    await fleet.lease(MODELS[0], lease_ttl_ms=30)
+    kept = await fleet.lease(MODELS[0])
+    await sleep_ms(60)
+    assert await fleet.release(kept) == 0  # the expired one is not in flight
+    assert (await fleet.zmembers(fleet.keys.model_load(MODELS[0])))[reg.node_id] == floor
+    await fleet.heartbeat(reg)
+    assert await fleet.redis.zcard(fleet.keys.leases(reg.node_id)) == 0

@@ -48,15 +48,23 @@ def _latency_band(ms: float) -> int:
 def _floor(record: dict[str, str], model: str) -> int:
     """The entry's floor, from the node record, by the documented formula."""
     load = json.loads(record.get("runtime_load", "{}") or "{}")
-    pressure = max(float(load.get("waiting", 0)), 0) + int(
-        min(max(float(load.get("kv_cache_usage", 0)), 0), 1) * 5
+    pressure = min(
+        int(
+            max(float(load.get("waiting", 0)), 0)
+            + int(min(max(float(load.get("kv_cache_usage", 0)), 0), 1) * 5)
+        ),
+        9,
     )
+    # Hysteresis: a move by one band keeps the pressure in force (floor_base's digit).
+    held = int(float(record["floor_base"])) // 10**7 % 10 if "floor_base" in record else None
+    if pressure and held is not None and abs(pressure - held) < 2:
+        pressure = held
     cap = int(min(max(float(record.get("gpu_capability_score", 0)), 0), 9999))
     lat = min(max(float(record.get("average_response_time_ms", 0)), 0), 9999)
     cold = 0
     if "loaded_models" in record and model not in json.loads(record["loaded_models"]):
         cold = 1
-    return cold * 10**8 + int(min(pressure, 9)) * 10**7 + (9999 - cap) * 100 + _latency_band(lat)
+    return cold * 10**8 + pressure * 10**7 + (9999 - cap) * 100 + _latency_band(lat)
 
 
 @dataclass

@@ -58,6 +58,8 @@ _HIDDEN_FIELDS = frozenset(
         "routable",
         "known_at",
         "excl_next",
+        # The liveness deadline, copied from nodes:alive for the request path's one read.
+        "alive_until",
     }
 )
 

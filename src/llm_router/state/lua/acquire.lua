@@ -124,9 +124,10 @@ end
 -- model; returns its routing fields then.
 local function usable(id)
   local f = routing_fields(id)
-  local alive_until = tonumber(redis.call('ZSCORE', k_alive(), id) or '0')
-  local cooling = tonumber(redis.call('ZSCORE', k_excluded(id), model) or '0')
-  if alive_until <= now or f[1] == '1' or f[2] == '1' or cooling > now then return nil end
+  if f[1] == '1' or f[2] == '1' or not node_alive(id, f[8], now)
+      or cooling_down(id, model, f[9], now) then
+    return nil
+  end
   return f
 end
 
@@ -165,24 +166,27 @@ local function best_candidate()
     local want = 8 + nskipped + nseen
     local raw = redis.call('ZRANGE', load_key, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, want,
       'WITHSCORES')
-    local head = {}
+    -- Two flat arrays, not a table per entry: Lua allocations are most of a call's cost.
+    local ids, scores = {}, {}
     for i = 1, #raw, 2 do
       if not skipped[raw[i]] and not seen[raw[i]] then
-        head[#head + 1] = {raw[i], tonumber(raw[i + 1])}
+        ids[#ids + 1] = raw[i]
+        scores[#ids] = tonumber(raw[i + 1])
       end
     end
-    if first and #head > 1 and head[1][2] < FULL then
+    if first and #ids > 1 and scores[1] < FULL then
       local pool = 1
-      while pool < #head and head[pool + 1][2] == head[1][2] do pool = pool + 1 end
+      while pool < #ids and scores[pool + 1] == scores[1] do pool = pool + 1 end
       if pool > 1 then
         local at = (redis.call('INCR', k_model_rr(model)) % pool) + 1
-        head[1], head[at] = head[at], head[1]
+        ids[1], ids[at] = ids[at], ids[1]
+        scores[1], scores[at] = scores[at], scores[1]
       end
     end
     first = false
     local done = false
-    for _, entry in ipairs(head) do
-      local id, stored = entry[1], entry[2]
+    for k = 1, #ids do
+      local id, stored = ids[k], scores[k]
       if best ~= nil and stored >= best.score then done = true break end
       looks = looks + 1
       local f = usable(id)

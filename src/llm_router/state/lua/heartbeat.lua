@@ -14,26 +14,32 @@
 
 local id = ARGV[1]
 local key = k_node(id)
-local before = hmget_named(key, {'token_hash', 'runtime_status', 'loaded_models',
-  'max_concurrency', 'models'})
-if not before.token_hash then return {'not_found'} end
-if before.token_hash ~= ARGV[2] then return {'unauthorized'} end
+-- One read serves the checks, the before/after comparisons and refresh_liveness: the
+-- state as it will stand after this call's HSET is the stored one with the fields sent
+-- laid over it (every field is a string both ways).
+local s = hmget_named(key, HEARTBEAT_FIELDS)
+if not s.token_hash then return {'not_found'} end
+if s.token_hash ~= ARGV[2] then return {'unauthorized'} end
 
 local now = now_ms()
+local alive_ttl = tonumber(ARGV[6])
 local fields = cjson.decode(ARGV[3])
-local was = before.runtime_status
+local was = s.runtime_status
 local recovered = fields.runtime_status == 'ready' and was and was ~= '' and was ~= 'ready'
 if recovered then redis.call('DEL', k_excluded(id)) end
-local args = {'last_seen', now}
+local before = {loaded_models = s.loaded_models, max_concurrency = s.max_concurrency,
+  models = s.models, alive_until = s.alive_until}
+local args = {'last_seen', now, 'alive_until', now + alive_ttl}
 for name, value in pairs(fields) do
   args[#args + 1] = name
   args[#args + 1] = value
+  s[name] = value
 end
 redis.call('HSET', key, unpack(args))
 
 local executable = nil
 if ARGV[4] ~= '' then executable = ARGV[4] end
-refresh_liveness(id, now, tonumber(ARGV[6]), executable, before)
+refresh_liveness(id, now, alive_ttl, executable, before, s)
 if recovered then wake_for_node(id, {}) end
 -- Leases of a dead replica end here at the latest (and the raised entries come down).
 return {'ok', in_flight(id, now)}

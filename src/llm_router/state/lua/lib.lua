@@ -86,8 +86,9 @@ local function models_changed()
 end
 
 
+-- An empty argument ("" from a replica) is the common case: no pcall'd error for it.
 local function decode_list(raw)
-  if not raw then return {} end
+  if not raw or raw == '' then return {} end
   local ok, value = pcall(cjson.decode, raw)
   if ok and type(value) == 'table' then return value end
   return {}
@@ -152,12 +153,30 @@ local function write_entry(m, id, util, floor)
 end
 
 -- The fields the request path needs, read with one HMGET: draining, initializing,
--- max_concurrency, ip_address, node_api_port, scheme, node_secret. The last two ride along
--- so that the replica can reach the node (https or not) and present its secret without a
--- second read. Nothing here is decoded: the score's floor comes from the index itself.
+-- max_concurrency, ip_address, node_api_port, scheme, node_secret, alive_until, excl_next.
+-- scheme and secret ride along so that the replica can reach the node (https or not) and
+-- present its secret without a second read; alive_until and excl_next spare the usual
+-- node a ZSCORE on nodes:alive and one on its cool-downs (node_alive, cooling_down).
+-- Nothing here is decoded: the score's floor comes from the index itself.
 local function routing_fields(id)
   return redis.call('HMGET', k_node(id), 'draining', 'initializing', 'max_concurrency',
-    'ip_address', 'node_api_port', 'scheme', 'node_secret')
+    'ip_address', 'node_api_port', 'scheme', 'node_secret', 'alive_until', 'excl_next')
+end
+
+-- Whether the node's liveness deadline lies after `now`. The node hash's alive_until is
+-- written by the same script calls that write nodes:alive, so it is never later than the
+-- deadline there (a replica of an older version writes only nodes:alive): a copy after
+-- `now` is the answer; anything else is checked against nodes:alive itself.
+local function node_alive(id, copy, now)
+  if (tonumber(copy or '') or 0) > now then return true end
+  return tonumber(redis.call('ZSCORE', k_alive(), id) or '0') > now
+end
+
+-- Whether (node, model) is cooling down. Every cool-down written sets excl_next on the
+-- node hash and only a rebuild that finds none left clears it: without it, nothing to read.
+local function cooling_down(id, m, excl_next, now)
+  if not excl_next then return false end
+  return tonumber(redis.call('ZSCORE', k_excluded(id), m) or '0') > now
 end
 
 -- What the heartbeat and the membership rebuild read of a node, by name.
@@ -169,6 +188,13 @@ local STATE_FIELDS = {'draining', 'initializing', 'max_concurrency', 'gpu_capabi
 local function node_state(id)
   return hmget_named(k_node(id), STATE_FIELDS)
 end
+
+-- What a heartbeat reads, once: the token to check, the liveness copy and STATE_FIELDS
+-- (spelt out: a library is loaded where ipairs and unpack may not exist yet).
+local HEARTBEAT_FIELDS = {'token_hash', 'alive_until', 'draining', 'initializing',
+  'max_concurrency', 'gpu_capability_score', 'average_response_time_ms', 'executable_models',
+  'loaded_models', 'runtime_load', 'runtime_status', 'floor_base', 'routable', 'known_at',
+  'gpu_backend', 'listed_backend', 'listed_serving', 'excl_next', 'models'}
 
 -- What the runtime says about its own queue and memory, folded into 0..9: requests waiting
 -- inside it, plus its KV cache use in fifths. Absent or unreadable: 0 (no opinion).
@@ -190,11 +216,25 @@ local function latency_band(ms)
   return band
 end
 
--- The node's floor without the per-model warm bit.
+-- Runtime pressure moves the floor only when it moved by 2 or more from the value in force
+-- (the digit floor_base holds), or fell back to 0: a queue that jitters by one request
+-- (0,1,0,1 or 3,4,3) would otherwise rewrite every model's entry on every beat. A band of 2
+-- rather than "held for 2 beats" because it needs no state beyond floor_base and still
+-- reacts to a real change on its first beat; an idle runtime is always ranked as idle.
+local PRESSURE_UNIT = 1e7
+local function pressure_in_force(p, applied_base)
+  if p == 0 or not applied_base then return p end
+  local held = math.floor(applied_base / PRESSURE_UNIT) % 10
+  if math.abs(p - held) < 2 then return held end
+  return p
+end
+
+-- The node's floor without the per-model warm bit (s.floor_base: the one in force).
 local function base_floor(s)
   local cap = math.floor(math.min(math.max(tonumber(s.gpu_capability_score) or 0, 0), 9999))
   local lat = math.min(math.max(tonumber(s.average_response_time_ms) or 0, 0), 9999)
-  return runtime_pressure(s.runtime_load) * 1e7 + (9999 - cap) * 1e2 + latency_band(lat)
+  local p = pressure_in_force(runtime_pressure(s.runtime_load), tonumber(s.floor_base))
+  return p * PRESSURE_UNIT + (9999 - cap) * 1e2 + latency_band(lat)
 end
 
 -- Models the node holds in memory, as a set; nil when it does not say (then every model
@@ -324,9 +364,13 @@ end
 -- refusals, a response id) if the node still exists, bring the node's raised entries down
 -- to its new real score and wake replicas queued on its models (each model once per
 -- script call: `woken` is shared by the caller). Returns the node's in-flight count.
+-- Leases past their deadline are only counted out here, not removed: every raised entry is
+-- rewritten from the live count anyway, and the node's next heartbeat (or a walk that looks
+-- at it) prunes them. One ZCOUNT instead of ZREMRANGEBYSCORE and ZCARD on every release.
 local function end_lease(id, lease_id, now, woken, on_node)
-  redis.call('ZREM', k_leases(id), lease_id)
-  local inflight = in_flight(id, now)
+  local key = k_leases(id)
+  redis.call('ZREM', key, lease_id)
+  local inflight = redis.call('ZCOUNT', key, '(' .. now, '+inf')
   local maxc = redis.call('HGET', k_node(id), 'max_concurrency')
   if not maxc then return inflight end  -- the node was removed meanwhile
   on_node()
@@ -385,27 +429,43 @@ end
 -- Record liveness and the executable set of a node. `new_json` is the set as the JSON list
 -- the replica sent (stored verbatim: cjson would turn an empty list into "{}"), nil keeps
 -- the stored set. `old` holds what the node hash said before this call's writes
--- (loaded_models, max_concurrency, models), nil to rebuild everything (registration).
+-- (loaded_models, max_concurrency, models, alive_until), nil to rebuild everything
+-- (registration). `s` is the node's state as it stands now (STATE_FIELDS, with this call's
+-- writes): a heartbeat read it before its own HSET and wrote alive_until there; nil reads
+-- it here and writes alive_until (the copy node_alive reads).
 --
--- A heartbeat that changes nothing writes liveness and the node hash and touches no
--- per-model key. A changed executable set pays for the models added and removed, a changed
--- warm set for the models whose warm bit flipped; a changed floor, routability, an ended
--- cool-down or a node back from offline rebuilds every entry of the node. A node whose
--- runtime is not serving stays alive (operators see it) but leaves every model's node set,
--- so /v1/models and routing drop it on this very call; its models stay known, so a
+-- A heartbeat that changes nothing writes liveness and the node hash, decodes no list and
+-- touches no per-model key. A changed executable set pays for the models added and removed,
+-- a changed warm set for the models whose warm bit flipped; a changed floor, routability,
+-- an ended cool-down or a node back from offline rebuilds every entry of the node. A node
+-- whose runtime is not serving stays alive (operators see it) but leaves every model's node
+-- set, so /v1/models and routing drop it on this very call; its models stay known, so a
 -- request for them is a 503, not a 404.
-local function refresh_liveness(id, now, alive_ttl, new_json, old)
-  local s = node_state(id)
+local function refresh_liveness(id, now, alive_ttl, new_json, old, s)
+  if not s then
+    s = node_state(id)
+    redis.call('HSET', k_node(id), 'alive_until', now + alive_ttl)
+  end
   local serving = serving_status(s.runtime_status)
-  local was_live = tonumber(redis.call('ZSCORE', k_alive(), id) or '-1') >= now
+  local was_live
+  if old and (tonumber(old.alive_until or '') or -1) >= now then
+    was_live = true
+  else
+    was_live = tonumber(redis.call('ZSCORE', k_alive(), id) or '-1') >= now
+  end
   local changed = not was_live
   local rebuild = old == nil or not was_live
-  local models = decode_list(s.executable_models)
+  -- Decoded only when something needs the list (a change, a rebuild, a known refresh).
+  local models = nil
+  local function current_models()
+    if not models then models = decode_list(s.executable_models) end
+    return models
+  end
   local added = {}
   if new_json and new_json ~= s.executable_models then
-    local new_models = decode_list(new_json)
-    local before, after = as_set(models), as_set(new_models)
-    for _, m in ipairs(models) do
+    local before_models, new_models = current_models(), decode_list(new_json)
+    local before, after = as_set(before_models), as_set(new_models)
+    for _, m in ipairs(before_models) do
       if not after[m] then
         changed = true
         redis.call('ZREM', k_model_nodes(m), id)
@@ -442,7 +502,7 @@ local function refresh_liveness(id, now, alive_ttl, new_json, old)
       or (old.loaded_models == nil) ~= (s.loaded_models == nil)
   end
   if rebuild then
-    for _, m in ipairs(models) do
+    for _, m in ipairs(current_models()) do
       if serving then
         redis.call('ZADD', k_model_nodes(m), 'NX', now, id)
       else
@@ -452,32 +512,35 @@ local function refresh_liveness(id, now, alive_ttl, new_json, old)
     rebuild_load(id, now, s)
     refresh_known(id, models, s.models, now)
   else
-    local warm = warm_of(s.loaded_models)
-    if #added > 0 then
-      local base = tonumber(s.floor_base)
-      local routable = s.routable == '1'
-      local excluded = excluded_now(id, now)
-      for _, m in ipairs(added) do
-        if serving then redis.call('ZADD', k_model_nodes(m), 'NX', now, id) end
-        if routable and not excluded[m] then
-          redis.call('ZADD', k_model_load(m), model_floor(base, warm, m), id)
+    local warm_changed = old.loaded_models ~= s.loaded_models
+    if #added > 0 or warm_changed then
+      local warm = warm_of(s.loaded_models)
+      if #added > 0 then
+        local base = tonumber(s.floor_base)
+        local routable = s.routable == '1'
+        local excluded = excluded_now(id, now)
+        for _, m in ipairs(added) do
+          if serving then redis.call('ZADD', k_model_nodes(m), 'NX', now, id) end
+          if routable and not excluded[m] then
+            redis.call('ZADD', k_model_load(m), model_floor(base, warm, m), id)
+          end
         end
+        mark_known(added, now)
       end
-      mark_known(added, now)
-    end
-    if old.loaded_models ~= s.loaded_models then
-      -- Only the models whose warm bit flipped move, by exactly COLD (floor and raised).
-      local was = warm_of(old.loaded_models)
-      local current, fresh = as_set(models), as_set(added)
-      local flipped = {}
-      for m in pairs(was) do if not warm[m] then flipped[m] = COLD end end
-      for m in pairs(warm) do if not was[m] then flipped[m] = -COLD end end
-      for m, delta in pairs(flipped) do
-        if current[m] and not fresh[m] then
-          local stored = redis.call('ZSCORE', k_model_load(m), id)
-          if stored then redis.call('ZADD', k_model_load(m), tonumber(stored) + delta, id) end
-          local fl = redis.call('HGET', k_raised(id), m)
-          if fl then redis.call('HSET', k_raised(id), m, tonumber(fl) + delta) end
+      if warm_changed then
+        -- Only the models whose warm bit flipped move, by exactly COLD (floor and raised).
+        local was = warm_of(old.loaded_models)
+        local current, fresh = as_set(current_models()), as_set(added)
+        local flipped = {}
+        for m in pairs(was) do if not warm[m] then flipped[m] = COLD end end
+        for m in pairs(warm) do if not was[m] then flipped[m] = -COLD end end
+        for m, delta in pairs(flipped) do
+          if current[m] and not fresh[m] then
+            local stored = redis.call('ZSCORE', k_model_load(m), id)
+            if stored then redis.call('ZADD', k_model_load(m), tonumber(stored) + delta, id) end
+            local fl = redis.call('HGET', k_raised(id), m)
+            if fl then redis.call('HSET', k_raised(id), m, tonumber(fl) + delta) end
+          end
         end
       end
     end
@@ -485,7 +548,7 @@ local function refresh_liveness(id, now, alive_ttl, new_json, old)
       rescore_raised(id, in_flight(id, now), s.max_concurrency)
     end
     if now - (tonumber(s.known_at) or 0) >= KNOWN_REFRESH_MS then
-      refresh_known(id, models, s.models, now)
+      refresh_known(id, current_models(), s.models, now)
     elseif old.models ~= s.models then
       mark_known(decode_list(s.models), now)
     end
