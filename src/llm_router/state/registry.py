@@ -187,7 +187,9 @@ class NodeRegistry:
             else sum(d.count for d in request.gpu_devices),
             "gpu_model": request.gpu_model or "",
             "gpu_backend": str(backend),
-            "models": installed,
+            # Installed models are mostly the executable ones: then the record keeps one
+            # copy ("" asks the script to drop the field; readers fall back).
+            "models": installed if installed != list(dict.fromkeys(executable_models)) else "",
             "max_concurrency": request.max_concurrency or self._timing.default_max_concurrency,
             "initializing": False,
             "scheme": request.scheme,
@@ -244,6 +246,8 @@ class NodeRegistry:
         executable = None
         if beat.executable_models is not None:
             executable = list(dict.fromkeys(beat.executable_models))
+            if installed == executable:
+                fields["models"] = ""  # one copy: the executable set (see register)
         return await self._scripts.heartbeat(
             node_id=beat.node_id,
             token_hash=hash_token(token),
@@ -333,6 +337,8 @@ class NodeRegistry:
             text = value.decode() if isinstance(value, bytes) else value
             record[name] = _decode_field(name, text)
         record.setdefault("executable_models", [])
+        # No installed list stored: it is the executable one (kept once, not twice).
+        record.setdefault("models", record["executable_models"])
         record.setdefault("loaded_models", [])
         record["draining"] = bool(record.get("draining", False))
         record["in_flight"] = int(in_flight)

@@ -5,7 +5,8 @@
 -- KEYS[1]  fleet base
 -- ARGV[1]  node id
 -- ARGV[2]  sha256 of the token presented
--- ARGV[3]  JSON object of fields (strings) to store on the node hash
+-- ARGV[3]  JSON object of fields (strings) to store on the node hash; "models" as ""
+--          means the installed set is the executable one: the field is dropped, not stored
 -- ARGV[4]  JSON list of executable models, or "" to keep the stored set
 -- ARGV[5]  unused (installed models travel in ARGV[3] as "models" and are marked known
 --          from there)
@@ -29,6 +30,12 @@ local recovered = fields.runtime_status == 'ready' and was and was ~= '' and was
 if recovered then redis.call('DEL', k_excluded(id)) end
 local before = {loaded_models = s.loaded_models, max_concurrency = s.max_concurrency,
   models = s.models, alive_until = s.alive_until}
+-- "" for models: the installed set is the executable one, kept once (readers fall back).
+if fields.models == '' then
+  fields.models = nil
+  if s.models then redis.call('HDEL', key, 'models') end
+  s.models = nil
+end
 local args = {'last_seen', now, 'alive_until', now + alive_ttl}
 for name, value in pairs(fields) do
   args[#args + 1] = name

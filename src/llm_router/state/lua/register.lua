@@ -4,7 +4,8 @@
 -- ARGV[1]  node id to use if this identity is new
 -- ARGV[2]  identity "machine_name:runtime_port"
 -- ARGV[3]  sha256 of the node's new token (the old token stops working)
--- ARGV[4]  JSON object of record fields (strings) to store on the node hash
+-- ARGV[4]  JSON object of record fields (strings) to store on the node hash; "models" as
+--          "" means the installed set is the executable one: the field is dropped
 -- ARGV[5]  JSON list of executable models
 -- ARGV[6]  JSON list of installed models (also in ARGV[4] as "models", whence they are
 --          marked known)
@@ -51,6 +52,11 @@ else
 end
 
 local fields = cjson.decode(ARGV[4])
+-- "" for models: the installed set is the executable one, kept once (readers fall back).
+if fields.models == '' then
+  fields.models = nil
+  redis.call('HDEL', k_node(id), 'models')
+end
 local args = {}
 for name, value in pairs(fields) do
   args[#args + 1] = name
