@@ -122,6 +122,18 @@ async def test_installed_models_equal_to_executable_ones_are_stored_once(fleet: 
     assert [e.id for e in await fleet.registry.list_models()] == [M2]
 
 
+async def test_a_beat_without_installed_models_keeps_them_when_the_executable_set_changes(
+    fleet: Fleet,
+) -> None:
+    reg = await fleet.register("box", [M, M2], installed=[M, M2])
+    await fleet.heartbeat(reg, executable_models=[M])
+    record = await fleet.registry.get_node(reg.node_id)
+    assert record is not None and (record["executable_models"], record["models"]) == (
+        [M],
+        [M, M2],
+    )
+
+
 async def test_record_holds_registered_fields_and_no_secret(fleet: Fleet) -> None:
     reg = await fleet.register(
         "box-a", [M], port=9000, installed=[M, M2], max_concurrency=7, backend="metal"

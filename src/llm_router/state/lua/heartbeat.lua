@@ -35,6 +35,11 @@ if fields.models == '' then
   fields.models = nil
   if s.models then redis.call('HDEL', key, 'models') end
   s.models = nil
+elseif fields.models == nil and s.models == nil and ARGV[4] ~= ''
+    and ARGV[4] ~= s.executable_models and s.executable_models then
+  -- No installed list sent, and the stored one is the executable set about to change:
+  -- an absent list leaves the stored value as it was, so it is written out now.
+  fields.models = s.executable_models
 end
 local args = {'last_seen', now, 'alive_until', now + alive_ttl}
 for name, value in pairs(fields) do
