@@ -19,7 +19,9 @@ import re
 import time
 from typing import Any
 
-from tests.benchmarks.upstream import Receive, Scope, Send, lifespan, read_body
+from tests.benchmarks.upstream import BODY_LIMIT
+
+from llm_router.asgi_util import Receive, Scope, Send, lifespan, read_body
 
 _HOLD_S = float(os.environ.get("HANDOFF_HOLD_MS", "20")) / 1000
 _USER = re.compile(rb'"user"\s*:\s*"([^"]*)"')
@@ -44,7 +46,7 @@ async def _json(send: Send, body: bytes, status: int = 200) -> None:
 
 
 async def _completion(receive: Receive, send: Send) -> None:
-    body = await read_body(receive)
+    body = await read_body(receive, BODY_LIMIT)
     found = _USER.search(body)
     row = [found.group(1).decode() if found else "", time.monotonic_ns(), 0]
     _log.append(row)

@@ -12,13 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from llm_router.asgi_util import Receive, Scope, Send, lifespan, read_body
 
 MODEL = "bench-model"
 
@@ -71,17 +66,11 @@ def _stream_chunks(count: int) -> list[bytes]:
 _CHUNKS = _stream_chunks(int(os.environ.get("BENCH_STREAM_CHUNKS", "16")))
 _DELAY_S = float(os.environ.get("BENCH_STREAM_DELAY_MS", "0")) / 1000.0
 
+#: Far above any benchmark body: the limit is only there because the helper takes one.
+BODY_LIMIT = 64 * 1024 * 1024
+
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-
-
-async def read_body(receive: Receive) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 async def _send_bytes(send: Send, status: int, body: bytes) -> None:
@@ -99,24 +88,13 @@ async def _send_stream(send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def lifespan(receive: Receive, send: Send) -> None:
-    """Answer the server's start-up and shutdown messages (nothing to set up)."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         await lifespan(receive, send)
         return
     path: str = scope["path"]
     if scope["method"] == "POST" and path.endswith("/chat/completions"):
-        body = await read_body(receive)
+        body = await read_body(receive, BODY_LIMIT)
         if b'"stream":true' in body or b'"stream": true' in body:
             await _send_stream(send)
         else:

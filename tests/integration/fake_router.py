@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_router.node.asgi import Receive, Scope, Send, read_body, send_json
+from llm_router.asgi_util import Receive, Scope, Send, lifespan, read_body, send_json
 
 
 @dataclass
@@ -41,9 +41,7 @@ class FakeRouter:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                while (await receive())["type"] != "lifespan.shutdown":
-                    await send({"type": "lifespan.startup.complete"})
-                await send({"type": "lifespan.shutdown.complete"})
+                await lifespan(receive, send)
             return
         raw = await read_body(receive, 1 << 20)
         call = Call(

@@ -17,7 +17,7 @@ import redis
 
 from integration.probes import SdkClients, chat_body
 from integration.procs import Cluster, free_port, wait_until
-from llm_router.node.asgi import Receive, Scope, Send
+from llm_router.asgi_util import Receive, Scope, Send
 from llm_router.node.server import make_server, start_server, stop_server
 from llm_router.sim.runtime import SimConfig, SimRuntime
 from llm_router.state.keys import Keys

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 
 import ports
+from llm_router.asgi_util import Receive, Scope, Send, read_body, send_json
 from llm_router.gpu import GpuBackend, ModelSpec
 from llm_router.node.app import RuntimeProxy, create_node_app
-from llm_router.node.asgi import Receive, Scope, Send, read_body, send_json
 from llm_router.node.detect import GpuInfo
 from llm_router.node.server import make_server, start_server, stop_server
 from llm_router.node.state import Inventory, NodeState

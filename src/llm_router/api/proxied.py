@@ -24,11 +24,11 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_router.api.error_reply import error_reply
 from llm_router.api.request_model import target_of
+from llm_router.asgi_util import BodyTooLarge as BodyOverLimit
+from llm_router.asgi_util import ClientGone, read_body
 from llm_router.auth import Scope as AuthScope
 from llm_router.auth import ambiguous_credentials
 from llm_router.errors import BodyTooLarge, ClientClosedRequest, InvalidRequest, MethodNotAllowed
-from llm_router.node.asgi import BodyTooLarge as BodyOverLimit
-from llm_router.node.asgi import ClientGone, read_body
 from llm_router.routing.endpoints import Endpoint, ModelFrom, routes
 from llm_router.routing.ids import new_id
 from llm_router.routing.proxy import Call, ProxyReply

@@ -24,8 +24,7 @@ from litestar.exceptions import NotFoundException
 from litestar.response import Response
 
 from llm_router.api.form import form_field
-from llm_router.errors import InvalidRequest
-from llm_router.node.asgi import (
+from llm_router.asgi_util import (
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -37,6 +36,7 @@ from llm_router.node.asgi import (
     send_error,
     send_json,
 )
+from llm_router.errors import InvalidRequest
 from llm_router.node.node_auth import needs_secret, refuse
 from llm_router.node.state import NodeState
 from llm_router.observability import tracing

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 
-from llm_router.node.asgi import Scope, Send, send_error
+from llm_router.asgi_util import Scope, Send, send_error
 
 #: Paths anyone may call: the agent's probe and the model listing (the router reads the
 #: listing at registration, before a secret exists). Everything else needs the secret.

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_router.api.form import form_parts
-from llm_router.errors import InvalidRequest
-from llm_router.node.asgi import (
+from llm_router.asgi_util import (
     JSON_HEADERS,
     BodyTooLarge,
     ClientGone,
@@ -35,10 +34,12 @@ from llm_router.node.asgi import (
     Scope,
     Send,
     abort_connection,
+    lifespan,
     read_body,
     send_error,
     send_json,
 )
+from llm_router.errors import InvalidRequest
 from llm_router.node.settings import FailMode
 from llm_router.routing.endpoints import Endpoint, match, serves
 from llm_router.sim import replies
@@ -181,7 +182,7 @@ class SimRuntime:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -217,15 +218,6 @@ class SimRuntime:
             await self._by_id(endpoint, path_id, receive, send)
             return
         await self._generate(endpoint, scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     def _models(self) -> dict[str, Any]:
         return {

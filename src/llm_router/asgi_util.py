@@ -1,6 +1,7 @@
-"""Small raw-ASGI helpers shared by the node API's proxy routes and the simulated runtime.
+"""Small raw-ASGI helpers: the router's proxied routes, the node API and the simulated
+runtime all use them.
 
-Both sit on a hot path (every routed request crosses them), so they speak ASGI directly
+Each sits on a hot path (every routed request crosses them), so they speak ASGI directly
 instead of going through a framework's request/response objects.
 """
 
@@ -40,6 +41,17 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer the server's start-up and shutdown messages, for an app with nothing to set up."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def error_json(
