@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 from types import FrameType
@@ -22,7 +23,7 @@ from llm_router.observability.worker_metrics import WorkerSlot
 from llm_router.routing.node_hop import NodeTLSConfigError, node_ssl_context
 from llm_router.settings import RouterSettings
 from llm_router.state.connect import StoreUrlError, open_store
-from llm_router.workers import Supervisor, bind, stop_with_parent
+from llm_router.workers import RETIRE_SIGNAL, Beat, Supervisor, bind, stop_with_parent
 
 log = logging.getLogger("llm_router")
 
@@ -43,15 +44,28 @@ class _RouterServer(uvicorn.Server):
     holding the shutdown for up to the queue timeout, and makes /readyz fail.
     """
 
-    def __init__(self, config: uvicorn.Config, fleet: Fleet, serving: str = "") -> None:
+    def __init__(
+        self, config: uvicorn.Config, fleet: Fleet, serving: str = "", beat: Beat | None = None
+    ) -> None:
         super().__init__(config)
         self._fleet = fleet
         self._serving = serving
+        self._beat = beat
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and self._serving:
+        if not self.started:
+            return
+        if self._serving:
             log.info("%s", self._serving)
+        if self._beat is not None:
+            self._beat.start()  # the supervisor's sign that this worker serves
+
+    def retire(self) -> None:
+        """Leave the port to the other workers (a reload): stop accepting and finish every
+        request held, queued ones included. Unlike SIGTERM nothing is refused and
+        readiness never fails: the port stays ready through the others."""
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._fleet.begin_shutdown()
@@ -122,16 +136,21 @@ def _serve_with_workers(settings: RouterSettings) -> int:
         return Supervisor(settings, sock, run_worker).run()
 
 
-def run_worker(settings: RouterSettings, slot: WorkerSlot, sock: socket.socket) -> None:
+def run_worker(settings: RouterSettings, slot: WorkerSlot, sock: socket.socket, beat: Beat) -> None:
     """One worker process: a whole replica serving the socket its supervisor bound."""
     from llm_router.cli import setup_logging_and_tracing
 
+    # SIGHUP is the supervisor's (a reload); a hangup sent to the whole process group
+    # must not end the workers with it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging_and_tracing(settings, "llm-router")
     stop_with_parent()
     app = create_app(settings, worker=slot)
     fleet: Fleet = app.state.fleet
     serving = f"worker {slot.index}: pid {os.getpid()}, replica {fleet.telemetry.replica}, serving"
-    _RouterServer(_uvicorn_config(settings, app), fleet, serving).run(sockets=[sock])
+    server = _RouterServer(_uvicorn_config(settings, app), fleet, serving, beat)
+    signal.signal(RETIRE_SIGNAL, lambda _sig, _frame: server.retire())
+    server.run(sockets=[sock])
 
 
 def _uvicorn_config(settings: RouterSettings, app: Litestar) -> uvicorn.Config:

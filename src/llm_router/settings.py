@@ -40,6 +40,11 @@ def _known_level(value: str) -> str:
     return level
 
 
+#: How often a ``serve --workers`` worker's event loop writes its liveness beat.
+WORKER_BEAT_S = 1.0
+#: The shortest hang bound accepted: several beats, so one late beat never kills a worker.
+MIN_WORKER_HANG_TIMEOUT_S = 3 * WORKER_BEAT_S
+
 #: A logging level name, any case; every process kind's settings use it.
 LogLevel = Annotated[str, AfterValidator(_known_level)]
 #: ``json``: every log line of the process (ours, uvicorn's, aiohttp's) is one JSON object.
@@ -65,6 +70,13 @@ class RouterSettings(BaseSettings):
         le=256,
         description="processes serving this port, each a full replica (one per core the "
         "replica is given; more than 1 needs a Redis URL)",
+    )
+    worker_hang_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="with workers > 1: a worker whose event loop has not run for this long "
+        "is killed and replaced (0 = never)",
     )
 
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
@@ -189,6 +201,17 @@ class RouterSettings(BaseSettings):
                 f"({self.node_timeout_s} <= {self.heartbeat_interval_s}): every node would flap"
             )
         return self
+
+    @field_validator("worker_hang_timeout_s")
+    @classmethod
+    def _hang_bound_spans_beats(cls, value: float) -> float:
+        if 0 < value < MIN_WORKER_HANG_TIMEOUT_S:
+            raise ValueError(
+                f"worker_hang_timeout_s must be 0 (off) or at least {MIN_WORKER_HANG_TIMEOUT_S:g}: "
+                f"a worker's loop beats every {WORKER_BEAT_S:g} s, and a shorter bound would "
+                "kill a healthy worker on one late beat"
+            )
+        return value
 
     @model_validator(mode="after")
     def _client_cert_has_key(self) -> RouterSettings:

@@ -10,6 +10,7 @@ from pathlib import Path
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.observability.worker_metrics import (
     STALE_S,
+    SupervisorMetrics,
     WorkerMetrics,
     WorkerSlot,
     with_worker_label,
@@ -23,9 +24,10 @@ def test_the_worker_label_goes_first_in_every_sample_shape() -> None:
     assert with_worker_label("x{} 1", 4) == 'x{worker="4"} 1'
 
 
-def _worker(tmp_path: Path, index: int) -> tuple[RouterMetrics, WorkerMetrics]:
+def _worker(tmp_path: Path, index: int, generation: int = 0) -> tuple[RouterMetrics, WorkerMetrics]:
     metrics = RouterMetrics()
-    return metrics, WorkerMetrics(WorkerSlot(index, str(tmp_path)), metrics.registry)
+    slot = WorkerSlot(index, str(tmp_path), generation)
+    return metrics, WorkerMetrics(slot, metrics.registry)
 
 
 def _requests(text: str) -> dict[str, int]:
@@ -74,7 +76,44 @@ async def test_a_gone_worker_drops_out(tmp_path: Path) -> None:
 
     # Killed: its file stays, too old to count. Drained: its file is gone.
     old = time.time() - STALE_S - 1
-    os.utime(tmp_path / "2.json", (old, old))
+    os.utime(tmp_path / "2.0.json", (old, old))
     await w3.stop()
     assert _requests(w1.render()) == {}
-    assert not (tmp_path / "3.json").exists()
+    assert not (tmp_path / "3.0.json").exists()
+
+
+async def test_a_worker_and_its_successor_never_touch_each_others_file(tmp_path: Path) -> None:
+    """A reload runs a number's old and new process side by side for a while."""
+    _, w1 = _worker(tmp_path, 1)
+    old, w2_old = _worker(tmp_path, 2, generation=0)
+    new, w2_new = _worker(tmp_path, 2, generation=1)
+    for _ in range(5):
+        old.requests.inc("m", "n", "200")
+    new.requests.inc("m", "n", "200")
+    await w2_old.flush()
+    await w2_new.flush()
+    # The newest generation stands for the number, once.
+    assert _requests(w1.render()) == {"2": 1}
+    # Either process of number 2 shows its own series, and never the other's as well.
+    assert _requests(w2_old.render()) == {"2": 5}
+    assert _requests(w2_new.render()) == {"2": 1}
+    # The old one leaves: its file goes, the successor's stays.
+    await w2_old.stop()
+    assert (tmp_path / "2.1.json").exists()
+    assert _requests(w1.render()) == {"2": 1}
+
+
+async def test_the_supervisors_counters_reach_every_scrape_once(tmp_path: Path) -> None:
+    _, w1 = _worker(tmp_path, 1)
+    _, w2 = _worker(tmp_path, 2)
+    assert "llm_router_worker_restarts_total" not in w1.render()  # no supervisor yet
+    supervisor = SupervisorMetrics(str(tmp_path), workers=2)
+    supervisor.count(2, "hung")
+    for text in (w1.render(), w2.render()):
+        samples = re.findall(r"^llm_router_worker_restarts_total(\S*) (\d+)$", text, re.M)
+        assert dict(samples) == {
+            f'{{worker="{w}",reason="{r}"}}': "1" if (w, r) == ("2", "hung") else "0"
+            for w in ("1", "2")
+            for r in ("exited", "hung", "reload")
+        }
+        assert text.count("# TYPE llm_router_worker_restarts_total counter") == 1
