@@ -114,8 +114,15 @@ def _serve_in_this_process(settings: RouterSettings) -> int:
     # The description never carries a credential (see state.connect.redact_url).
     log.info("state store: %s", app.state.fleet.store.description)
     log.info("serving on %s:%d with 1 worker process", settings.host, settings.port)
+    # SIGHUP reloads a supervisor's workers; one process has none, and the signal's default
+    # action would end it without draining.
+    signal.signal(signal.SIGHUP, _nothing_to_reload)
     _RouterServer(_uvicorn_config(settings, app), app.state.fleet).run()
     return 0
+
+
+def _nothing_to_reload(_sig: int, _frame: FrameType | None) -> None:
+    log.warning("SIGHUP: nothing to reload in a single process (that needs --workers 2 or more)")
 
 
 def _serve_with_workers(settings: RouterSettings) -> int:

@@ -1,10 +1,7 @@
 """``llm-router serve --workers 2``: two worker processes on one port, on a real Redis.
 
-The kernel hands each new connection to whichever worker accepts it first, so a test
-cannot choose a worker for a request. It can choose a *connection*: each client here holds
-one keep-alive connection, and the fleet's decision list in Redis (which names the replica,
-``host:port/wN``, of every request) says which worker that connection landed on. The
-tests then drive each worker on purpose.
+Clients are sorted by the worker their one keep-alive connection landed on
+(``worker_clients``), and the tests then drive each worker on purpose.
 
 Three simulated nodes: ``wide`` (16 slots) to sort connections by worker, ``pair`` (two
 slots, slow) for overfill and lease expiry, ``single`` (one slot) for queue order.
@@ -13,7 +10,6 @@ slots, slow) for overfill and lease expiry, ``single`` (one slot) for queue orde
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -21,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import httpx
 import openai
@@ -29,90 +24,30 @@ import pytest
 import redis.asyncio as aioredis
 
 from integration.conftest import open_cluster
-from integration.probes import ConcurrencyProbe, chat_body
+from integration.probes import ConcurrencyProbe
 from integration.procs import Cluster, Router, SimNode, free_port, wait_until
+from integration.worker_clients import (
+    START_S,
+    WIDE,
+    WIDE_TOKENS_PER_S,
+    WORKER_FLAGS,
+    Workers,
+    chat,
+    workers_of,
+)
 from llm_router.observability.worker_metrics import PUBLISH_S
 from llm_router.state.keys import Keys
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-WIDE, PAIR, SINGLE = "w-wide", "w-pair", "w-single"
+PAIR, SINGLE = "w-pair", "w-single"
 LEASE_TTL_S = 2.0
-#: Idle connections must outlive a test's pauses, or a client would silently reconnect
-#: (perhaps to the other worker).
-WORKER_FLAGS = {"workers": 2, "keep_alive_timeout_s": 120, "log_level": "info"}
-WORKER_LINE = re.compile(r"worker (\d+): pid (\d+), replica (\S+), serving")
 TOKENS_PER_S = 20
-START_S = 90.0
-WIDE_TOKENS_PER_S = 200
 
 
 def tokens_for(seconds: float) -> int:
     """``max_tokens`` that hold a slot of the ``single`` / ``pair`` nodes for ``seconds``."""
     return round(seconds * TOKENS_PER_S) + 1
-
-
-def workers_of(router: Router) -> dict[str, int]:
-    """replica name → pid of the worker serving under it (a restart replaces the pid), for
-    the workers that have finished starting up."""
-    found: dict[str, int] = {}
-    for _index, pid, replica in WORKER_LINE.findall(router.proc.log_path.read_text()):
-        found[replica] = int(pid)
-    return found
-
-
-def pinned_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=30, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    )
-
-
-@dataclass
-class Workers:
-    """Clients sorted by the worker their one connection is on."""
-
-    router: Router
-    decisions: aioredis.Redis
-    decisions_key: str
-    clients: dict[str, list[httpx.AsyncClient]] = field(default_factory=dict)
-    _all: list[httpx.AsyncClient] = field(default_factory=list)
-
-    async def replica_of(self, request_ids: list[str]) -> dict[str, str]:
-        """request id → replica, from the decision list (replicas flush it twice a second)."""
-        deadline = time.monotonic() + 10
-        while True:
-            raw = await self.decisions.lrange(self.decisions_key, 0, -1)
-            seen = {e["request_id"]: e["replica"] for e in map(json.loads, raw)}
-            if all(r in seen for r in request_ids) or time.monotonic() > deadline:
-                return {r: seen[r] for r in request_ids if r in seen}
-            await asyncio.sleep(0.1)
-
-    async def sort(self, per_worker: int) -> None:
-        """Open connections until each of the two workers holds ``per_worker`` of them."""
-        for _ in range(12):
-            if len(self.clients) == 2 and all(len(c) >= per_worker for c in self.clients.values()):
-                return
-            batch = [pinned_client() for _ in range(per_worker * 2)]
-            self._all += batch
-            answers = await asyncio.gather(
-                *(
-                    c.post(f"{self.router.api_base}/chat/completions", json=chat_body(WIDE))
-                    for c in batch
-                )
-            )
-            assert [a.status_code for a in answers] == [200] * len(batch)
-            ids = [a.headers["x-request-id"] for a in answers]
-            replicas = await self.replica_of(ids)
-            for client, request_id in zip(batch, ids, strict=True):
-                self.clients.setdefault(replicas[request_id], []).append(client)
-        raise AssertionError(f"connections never reached both workers: {list(self.clients)}")
-
-    def names(self) -> list[str]:
-        return sorted(self.clients)
-
-    async def close(self) -> None:
-        for client in self._all:
-            await client.aclose()
 
 
 class Fleet:
@@ -161,12 +96,6 @@ async def workers(fleet: Fleet, store: aioredis.Redis) -> AsyncIterator[Workers]
         yield sorted_clients
     finally:
         await sorted_clients.close()
-
-
-async def chat(
-    client: httpx.AsyncClient, router: Router, model: str, **extra: object
-) -> httpx.Response:
-    return await client.post(f"{router.api_base}/chat/completions", json=chat_body(model, **extra))
 
 
 def test_the_parent_says_how_many_workers_run(fleet: Fleet) -> None:
