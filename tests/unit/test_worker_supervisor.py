@@ -269,3 +269,17 @@ def test_a_hang_bound_shorter_than_a_few_beats_is_refused(bound: float) -> None:
 def test_the_hang_bound_defaults_to_30_and_0_turns_it_off() -> None:
     assert RouterSettings().worker_hang_timeout_s == 30
     assert RouterSettings(worker_hang_timeout_s=0).worker_hang_timeout_s == 0
+
+
+@pytest.mark.parametrize("supervisor", [serves], indirect=True)
+def test_stopping_in_the_middle_of_a_reload_stops_the_successor_too(
+    supervisor: Supervisor,
+) -> None:
+    old = reload_once_serving(supervisor)
+    watch_until(supervisor, lambda: supervisor._successor is not None, "a successor")
+    successor = supervisor._successor
+    assert successor is not None
+    supervisor._stopping = True
+    assert supervisor._drain() == 0
+    assert not successor.process.is_alive()
+    assert not any(p.is_alive() for p in old.values())
