@@ -1,10 +1,11 @@
 """The fleet's recent routing decisions: a capped Redis list every replica writes to and
 every dashboard reads, so all replicas show the same history.
 
-Writing is off the request path: a decision is appended to a bounded local deque (O(1));
-a background task pushes what accumulated every ``flush_interval_s`` with one pipelined
-``LPUSH`` + ``LTRIM``. Only the newest ``keep`` entries can survive the trim, so the local
-buffer never needs to hold more than that either.
+Writing is off the request path: a decision is appended to a bounded local deque (O(1)) as
+a tuple of the request's facts; a background task turns what accumulated into entries and
+pushes them every ``flush_interval_s`` with one pipelined ``LPUSH`` + ``LTRIM``. Only the
+newest ``keep`` entries can survive the trim, so the local buffer never holds more than
+that, and an entry the trim would drop is never built.
 """
 
 from __future__ import annotations
@@ -24,6 +25,41 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 200
 
+#: One request as the request path records it: ``(ts, replica, request_id, model, node,
+#: status, outcome, attempts, affinity, queue_ms, duration_s)``, wall-clock ``ts`` in
+#: seconds, "" for no node or no affinity.
+Decision = tuple[float, str, str, str, str, int, str, int, str, float, float]
+
+
+def request_fields(
+    request_id: str,
+    model: str,
+    node: str,
+    status: int,
+    outcome: str,
+    attempts: int,
+    affinity: str,
+    queue_ms: float,
+    duration_s: float,
+) -> dict[str, Any]:
+    """What the decision list and the access log say of a request, in this order."""
+    return {
+        "request_id": request_id,
+        "model": model,
+        "node": node or None,
+        "status": status,
+        "outcome": outcome,
+        "attempts": attempts,
+        "reason": f"affinity:{affinity}" if affinity else "least_loaded",
+        "queue_wait_ms": round(queue_ms, 1),
+        "duration_ms": round(duration_s * 1000, 2),
+    }
+
+
+def decision_entry(row: Decision) -> dict[str, Any]:
+    ts, replica, *facts = row
+    return {"ts": round(ts, 3), "replica": replica, **request_fields(*facts)}  # type: ignore[arg-type]
+
 
 class DecisionLog(PeriodicFlush):
     def __init__(
@@ -40,15 +76,15 @@ class DecisionLog(PeriodicFlush):
         self._key = key
         self._dropped = dropped
         self.keep = keep
-        self._pending: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._pending: deque[Decision] = deque(maxlen=keep)
 
-    def record(self, entry: dict[str, Any]) -> None:
-        self._pending.append(entry)
+    def record(self, row: Decision) -> None:
+        self._pending.append(row)
 
     async def flush(self) -> None:
         if not self._pending:
             return
-        batch = [orjson.dumps(e) for e in self._pending]
+        batch = [orjson.dumps(decision_entry(row)) for row in self._pending]
         self._pending.clear()
         pipe = self._redis.pipeline(transaction=False)
         pipe.lpush(self._key, *batch)

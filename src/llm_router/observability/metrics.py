@@ -1,7 +1,8 @@
 """A small Prometheus registry: counters, gauges and histograms with bounded labels.
 
 Hand-written rather than ``prometheus_client`` so that each replica owns its registry (no
-module-level default) and every update on the request path is a dict lookup and an add.
+module-level default) and every update on the request path is cheap: a dict lookup and an
+add, or, for a caller that resolved its labels once (``child``), an attribute add.
 Label values that would grow without bound (models, nodes) go through a ``LabelCap``:
 the first ``limit`` distinct values are kept, every later one is reported as ``other``.
 """
@@ -105,31 +106,63 @@ class _Metric:
 class _Samples(_Metric):
     """A metric that is one value per label tuple (counters and gauges)."""
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[tuple[str, ...], float] = {}
+    def samples(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        raise NotImplementedError
 
     def render(self) -> list[str]:
         lines = self._header()
-        for labels, value in sorted(self._values.items()):
+        for labels, value in sorted(self.samples()):
             lines.append(f"{self.name}{_labels(self.label_names, labels)} {_number(value)}")
         return lines
+
+
+class CounterChild:
+    """One label set of a counter, for a caller that adds to it often."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
 
 
 class Counter(_Samples):
     kind = "counter"
 
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        super().__init__(name, help_text, labels)
+        self._children: dict[tuple[str, ...], CounterChild] = {}
+
+    def child(self, *labels: str) -> CounterChild:
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = CounterChild()
+        return found
+
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self._values[labels] = self._values.get(labels, 0.0) + amount
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = CounterChild()
+        found.value += amount
 
     def value(self, *labels: str) -> float:
-        return self._values.get(labels, 0.0)
+        found = self._children.get(labels)
+        return found.value if found is not None else 0.0
+
+    def samples(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        return ((labels, c.value) for labels, c in self._children.items())
 
 
 class Gauge(_Samples):
     """A gauge whose samples are replaced wholesale (scrape-time views) or set one by one."""
 
     kind = "gauge"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        super().__init__(name, help_text, labels)
+        self._values: dict[tuple[str, ...], float] = {}
 
     def set(self, value: float, *labels: str) -> None:
         self._values[labels] = value
@@ -139,6 +172,25 @@ class Gauge(_Samples):
 
     def value(self, *labels: str) -> float | None:
         return self._values.get(labels)
+
+    def samples(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        return self._values.items()
+
+
+class HistogramChild:
+    """One label set of a histogram: per-bucket (non-cumulative) counts with the +Inf slot
+    last, and the sum. An observation is a bisection (C code) and two adds."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
 
 
 class Histogram(_Metric):
@@ -153,32 +205,34 @@ class Histogram(_Metric):
     ) -> None:
         super().__init__(name, help_text, labels)
         self.buckets = tuple(sorted(buckets))
-        # Per label set: per-bucket (non-cumulative) counts + the +Inf slot, then the sum.
-        self._counts: dict[tuple[str, ...], list[int]] = {}
-        self._sums: dict[tuple[str, ...], float] = {}
+        self._bounds = list(self.buckets)
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+
+    def child(self, *labels: str) -> HistogramChild:
+        """The label set's buckets, for a caller that resolves them once and observes often."""
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = HistogramChild(self._bounds)
+        return found
 
     def observe(self, value: float, *labels: str) -> None:
-        counts = self._counts.get(labels)
-        if counts is None:
-            counts = self._counts[labels] = [0] * (len(self.buckets) + 1)
-            self._sums[labels] = 0.0
-        counts[bisect_left(self.buckets, value)] += 1
-        self._sums[labels] += value
+        self.child(*labels).observe(value)
 
     def count(self, *labels: str) -> int:
-        return sum(self._counts.get(labels, ()))
+        found = self._children.get(labels)
+        return sum(found.counts) if found is not None else 0
 
     def render(self) -> list[str]:
         lines = self._header()
-        for labels in sorted(self._counts):
-            counts = self._counts[labels]
+        for labels in sorted(self._children):
+            child = self._children[labels]
             running = 0
-            for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
+            for bound, n in zip((*self.buckets, math.inf), child.counts, strict=True):
                 running += n
                 le = f'le="{_number(bound)}"'
                 lines.append(f"{self.name}_bucket{_labels(self.label_names, labels, le)} {running}")
             plain = _labels(self.label_names, labels)
-            lines.append(f"{self.name}_sum{plain} {_number(self._sums[labels])}")
+            lines.append(f"{self.name}_sum{plain} {_number(child.sum)}")
             lines.append(f"{self.name}_count{plain} {running}")
         return lines
 
