@@ -1,51 +1,60 @@
-"""CPU per request of the proxy's observer hooks: tracing off (the default) against the
-observer of a given git revision, and tracing on (spans to an exporter that drops them).
+"""CPU per request of the proxy's observer hooks and what they feed (metrics, the decision
+log, its flushes): the code of a given git revision against the code now, and tracing on
+(spans to an exporter that drops them).
 
     python -m tests.benchmarks.observer_cost [--before REV] [--requests N] [--rounds R]
 
-Both observers run in this process, in alternating rounds, on the same metrics code; the
-older one is loaded from ``git show REV:src/llm_router/observability/observer.py``. Prints
-the median µs per request of each and their ratio.
+Each measurement runs in a fresh process, revisions alternating round by round; the older
+revision's ``src/`` is unpacked with ``git archive`` and put first on that process's path,
+so its observer runs on its own metrics and decision-log code. Prints the median µs per
+request of each and the ratio to the older revision.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
+import os
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-import types
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.targets import REPO
 
-from llm_router.observability import observer as current
-from llm_router.observability.router_metrics import RouterMetrics
-
 HEADERS = {"content-type": "application/json", "x-request-id": "r1", "user-agent": "bench"}
+#: A flush every this many requests: the decision log's 0.5 s period at ~1,000 requests/s.
+FLUSH_EVERY = 500
+MODELS = ("m1", "m2", "m3")
+NODES = ("node-a", "node-b")
 
 
-def _module_at(rev: str) -> types.ModuleType:
-    source = subprocess.run(
-        ["git", "show", f"{rev}:src/llm_router/observability/observer.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    module = types.ModuleType("observer_before")
-    module.__dict__["__name__"] = "observer_before"
-    sys.modules["observer_before"] = module
-    exec(compile(source, "observer_before.py", "exec"), module.__dict__)
-    return module
+class _Pipe:
+    def lpush(self, *_: Any) -> None: ...
+
+    def ltrim(self, *_: Any) -> None: ...
+
+    async def execute(self) -> None: ...
 
 
-def _one_request(obs: Any, *, with_headers: bool) -> None:
+class _NoRedis:
+    """Takes the decision log's writes and drops them: the flush's own CPU is measured."""
+
+    def pipeline(self, transaction: bool = False) -> _Pipe:
+        return _Pipe()
+
+
+def _one_request(obs: Any, i: int, *, with_headers: bool) -> None:
+    model, node = MODELS[i % 3], NODES[i % 2]
     out: dict[str, str] = {}
-    trace = obs.begin("m1", "r1", HEADERS) if with_headers else obs.begin("m1", "r1")
-    obs.leased(trace, "node-a", None)
+    trace = obs.begin(model, "r1", HEADERS) if with_headers else obs.begin(model, "r1")
+    obs.leased(trace, node, None)
     if with_headers:
         obs.propagate(trace, out)
     trace.sending()
@@ -53,14 +62,15 @@ def _one_request(obs: Any, *, with_headers: bool) -> None:
     obs.finish(trace, 200)
 
 
-def _per_request_us(run: Callable[[], None], requests: int) -> float:
-    start = time.process_time()
-    for _ in range(requests):
-        run()
-    return (time.process_time() - start) * 1e6 / requests
+def _observer(tracing: bool) -> Any:
+    from llm_router.observability.decisions import DecisionLog
+    from llm_router.observability.observer import Observer
+    from llm_router.observability.router_metrics import RouterMetrics
 
-
-def _tracing_observer() -> Any:
+    metrics = RouterMetrics()
+    decisions = DecisionLog(_NoRedis(), "{llmr}:decisions", metrics.decisions_dropped)
+    if not tracing:
+        return Observer(metrics, decisions, replica="bench")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
@@ -72,35 +82,74 @@ def _tracing_observer() -> Any:
 
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(Drop()))
-    return TracingObserver(RouterMetrics(), tracer=provider.get_tracer("bench"))
+    return TracingObserver(metrics, decisions, replica="bench", tracer=provider.get_tracer("bench"))
+
+
+def _measure(requests: int, tracing: bool) -> float:
+    """µs of process CPU per request, flushes included."""
+    obs = _observer(tracing)
+    with_headers = "headers" in type(obs).begin.__code__.co_varnames
+    loop = asyncio.new_event_loop()
+    run: Callable[[int], None] = lambda i: _one_request(obs, i, with_headers=with_headers)  # noqa: E731
+    for i in range(1000):  # warm-up: every series exists
+        run(i)
+    start = time.process_time()
+    for i in range(requests):
+        run(i)
+        if i % FLUSH_EVERY == FLUSH_EVERY - 1:
+            loop.run_until_complete(obs.decisions.flush())
+    elapsed = time.process_time() - start
+    loop.close()
+    return elapsed * 1e6 / requests
+
+
+def _unpack(rev: str, into: Path) -> Path:
+    archive = subprocess.run(
+        ["git", "archive", rev, "src"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
+
+
+def _in_process(src: Path | None, requests: int, tracing: bool) -> float:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
+    argv = [sys.executable, "-m", "tests.benchmarks.observer_cost", "--measure"]
+    argv += ["--requests", str(requests)] + (["--tracing"] if tracing else [])
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--before", default="main", help="git revision of the observer to compare")
+    p.add_argument("--before", default="main", help="git revision of the code to compare")
     p.add_argument("--requests", type=int, default=20_000)
-    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tracing", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.measure:
+        print(f"{_measure(args.requests, args.tracing):.4f}")
+        return 0
 
-    before = _module_at(args.before)
-    old_obs = before.Observer(RouterMetrics())
-    new_obs = current.Observer(RouterMetrics())
-    old_has_headers = "headers" in before.Observer.begin.__code__.co_varnames
-    runs: dict[str, Callable[[], None]] = {
-        f"observer at {args.before}": lambda: _one_request(old_obs, with_headers=old_has_headers),
-        "observer now, tracing off": lambda: _one_request(new_obs, with_headers=True),
-    }
-    try:
-        traced = _tracing_observer()
-        runs["observer now, tracing on"] = lambda: _one_request(traced, with_headers=True)
-    except ImportError:
-        print("opentelemetry-sdk is not installed: tracing-on not measured")
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():  # warm-up
-        _per_request_us(run, 1000)
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            samples[name].append(_per_request_us(run, args.requests))
+    with tempfile.TemporaryDirectory(prefix="observer-before-") as tmp:
+        before_src = _unpack(args.before, Path(tmp))
+        runs: dict[str, tuple[Path | None, bool]] = {
+            f"observer at {args.before}": (before_src, False),
+            "observer now, tracing off": (None, False),
+        }
+        try:
+            import opentelemetry.sdk  # noqa: F401
+
+            runs["observer now, tracing on"] = (None, True)
+        except ImportError:
+            print("opentelemetry-sdk is not installed: tracing-on not measured")
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, (src, tracing) in runs.items():
+                samples[name].append(_in_process(src, args.requests, tracing))
     base = statistics.median(samples[f"observer at {args.before}"])
     print(f"{'hooks of one request':<34} {'median µs':>10} {'vs before':>10}")
     for name, values in samples.items():
