@@ -169,3 +169,32 @@ async def test_a_moved_primary_is_followed_while_the_old_one_still_answers(
             await old_admin.delete("{t}:moved")
             await old_admin.aclose()
             await new_admin.aclose()
+
+
+async def test_a_call_not_answered_in_time_times_out_and_the_next_call_reconnects(
+    redis_url: str, admin: aioredis.Redis, echo_sha: str
+) -> None:
+    store = open_store(redis_url, timeout_s=0.3)
+    fast = store.fast
+    assert fast is not None
+    try:
+        assert await fast.evalsha(echo_sha, ["k"], ["before"]) == b"before"
+        await admin.client_pause(60_000, all=False)  # scripts wait; this client does not
+        try:
+            with pytest.raises(TimeoutError):
+                await fast.evalsha(echo_sha, ["k"], ["late"])
+            # Cancelled from outside, a call stays cancelled (it is not a timeout).
+            call = asyncio.ensure_future(fast.evalsha(echo_sha, ["k"], ["cancelled"]))
+            for _ in range(1000):  # loop turns until the call is sent and waits for Redis
+                if any(link.waiting for link in fast._links.values()):
+                    break
+                await asyncio.sleep(0)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        finally:
+            await admin.client_unpause()
+        # The timed-out link was dropped: the late reply is not handed to the next caller.
+        assert await fast.evalsha(echo_sha, ["k"], ["after"]) == b"after"
+    finally:
+        await store.close()

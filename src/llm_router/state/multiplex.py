@@ -32,6 +32,8 @@ from typing import Any
 import hiredis
 from redis import exceptions as redis_errors
 
+from llm_router.routing.deadline import Deadline
+
 log = logging.getLogger(__name__)
 
 CLIENT_NAME = "llm-router-request-path"
@@ -325,7 +327,9 @@ class MultiplexedRedis:
         #: The link whose reply this call is waiting for, if any: a timeout fails only it.
         owed: _Link | None = None
         try:
-            async with asyncio.timeout(self._timeout_s):
+            # A Deadline rather than asyncio.timeout: the same semantics at about half the
+            # CPU, and this runs for every script call of every request.
+            with Deadline().within(self._timeout_s):
                 link = await self._connected()
                 # A caller cancelled meanwhile leaves its (done) future in the queue, so
                 # the replies stay in step: its reply is read and dropped.
