@@ -77,8 +77,9 @@ def _requests(obs: Observer) -> None:
         obs.finish(trace, status, broken=i % 19 == 4)
 
 
-async def run(monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[dict[str, Any]]]:
-    """The metrics text (build info left out) and the decisions read back, newest first."""
+async def run(monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[dict[str, Any]], Observer]:
+    """The metrics text (build info left out), the decisions read back (newest first) and
+    the observer."""
     redis = fakeredis.FakeAsyncRedis()
     metrics = RouterMetrics(max_models=2, max_nodes=2)
     decisions = DecisionLog(redis, KEY, metrics.decisions_dropped)
@@ -92,14 +93,24 @@ async def run(monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[dict[str, Any]
         if name != "llm_router_build_info"
         for line in lines
     )
-    return text, await decisions.recent(200)
+    return text, await decisions.recent(200), obs
 
 
 async def test_metrics_text_reads_as_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
-    text, _ = await run(monkeypatch)
+    text, _, _ = await run(monkeypatch)
     assert text == (GOLDEN / "observer_metrics.txt").read_text()
 
 
 async def test_recent_decisions_read_as_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, decisions = await run(monkeypatch)
+    _, decisions, _ = await run(monkeypatch)
+    assert decisions == json.loads((GOLDEN / "observer_decisions.json").read_text())
+
+
+async def test_a_full_series_cache_starts_over_and_reads_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(observer_module, "MAX_CACHED_SERIES", 2)
+    text, decisions, obs = await run(monkeypatch)
+    assert len(obs._series) <= 2
+    assert text == (GOLDEN / "observer_metrics.txt").read_text()
     assert decisions == json.loads((GOLDEN / "observer_decisions.json").read_text())
