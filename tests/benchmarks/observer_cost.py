@@ -103,7 +103,8 @@ def _measure(requests: int, tracing: bool) -> float:
     return elapsed * 1e6 / requests
 
 
-def _unpack(rev: str, into: Path) -> Path:
+def unpack_src(rev: str, into: Path) -> Path:
+    """The revision's ``src/`` unpacked under ``into``; returns its path."""
     archive = subprocess.run(
         ["git", "archive", rev, "src"], cwd=REPO, capture_output=True, check=True
     ).stdout
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     with tempfile.TemporaryDirectory(prefix="observer-before-") as tmp:
-        before_src = _unpack(args.before, Path(tmp))
+        before_src = unpack_src(args.before, Path(tmp))
         runs: dict[str, tuple[Path | None, bool]] = {
             f"observer at {args.before}": (before_src, False),
             "observer now, tracing off": (None, False),

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import uvloop
-from tests.benchmarks.observer_cost import _unpack
+from tests.benchmarks.observer_cost import unpack_src
 from tests.benchmarks.procs import ProcessStack
 from tests.benchmarks.stores import STORES
 
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="script-calls-") as tmp:
         work = Path(tmp)
         modules = {
-            f"link at {args.before}": _module_at(_unpack(args.before, work / "before")),
+            f"link at {args.before}": _module_at(unpack_src(args.before, work / "before")),
             "link now": current,
         }
         with ProcessStack(work / "logs") as stack:
