@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -198,3 +199,34 @@ async def test_a_call_not_answered_in_time_times_out_and_the_next_call_reconnect
         assert await fast.evalsha(echo_sha, ["k"], ["after"]) == b"after"
     finally:
         await store.close()
+
+
+async def test_a_link_opened_after_its_callers_gave_up_leaves_no_stray_error() -> None:
+    """The callers' deadline passes while the shared open still waits for the greeting;
+    the open's own failure is then nobody's to read, and must not surface as
+    "Task exception was never retrieved"."""
+    from llm_router.state.multiplex import Address, Handshake, fixed
+
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    stray: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: stray.append(context))
+    fast = MultiplexedRedis(fixed(Address("127.0.0.1", port)), Handshake(), timeout_s=0.2)
+    try:
+        call = asyncio.ensure_future(fast.evalsha("0" * 40, ["k"], []))
+        for _ in range(1000):  # loop turns until the shared open is under way
+            if fast._opening:
+                break
+            await asyncio.sleep(0)
+        opening = next(iter(fast._opening.values()))
+        await asyncio.wait([call, opening])
+        assert isinstance(call.exception(), TimeoutError)
+        # Nothing else refers to the open now (its traceback held the frames that did).
+        del call, opening
+        gc.collect()
+        assert stray == []
+    finally:
+        loop.set_exception_handler(None)
+        await fast.close()
+        silent.close()

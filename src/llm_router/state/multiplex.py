@@ -255,8 +255,14 @@ class MultiplexedRedis:
         if opening is None:
             opening = asyncio.ensure_future(self._open(address))
             self._opening[address] = opening
-            opening.add_done_callback(lambda _: self._opening.pop(address, None))
+            opening.add_done_callback(lambda done: self._opened(address, done))
         return await asyncio.shield(opening)
+
+    def _opened(self, address: Address, done: asyncio.Future[_Link]) -> None:
+        self._opening.pop(address, None)
+        # Read here: when every caller gave up first, no one else ever reads it.
+        if not done.cancelled():
+            done.exception()
 
     async def _connected(self) -> _Link:
         current = self._current
