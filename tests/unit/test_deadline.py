@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llm_router.routing.deadline import Deadline
+from llm_router.deadline import Deadline
 
 
 async def test_an_await_past_the_deadline_raises_timeout_error() -> None:

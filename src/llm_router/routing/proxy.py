@@ -35,6 +35,7 @@ import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from llm_router.deadline import Deadline
 from llm_router.errors import (
     GatewayTimeout,
     NoCapableNodes,
@@ -51,7 +52,6 @@ from llm_router.routing.attempts import (
     connection_failure,
     request_digest,
 )
-from llm_router.routing.deadline import Deadline
 from llm_router.routing.endpoints import Dialect, Endpoint
 from llm_router.routing.hop_client import HopClient, HopError, HopResponse
 from llm_router.routing.node_headers import SSE, media_type, passed_headers

@@ -32,7 +32,7 @@ from typing import Any
 import hiredis
 from redis import exceptions as redis_errors
 
-from llm_router.routing.deadline import Deadline
+from llm_router.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
