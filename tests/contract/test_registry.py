@@ -126,12 +126,16 @@ async def test_a_beat_without_installed_models_keeps_them_when_the_executable_se
     fleet: Fleet,
 ) -> None:
     reg = await fleet.register("box", [M, M2], installed=[M, M2])
+    # Writing the kept list out is no new installation: the beat leaves models:known to its
+    # paced refresh instead of re-marking every installed model.
+    await fleet.redis.zadd(fleet.keys.models_known, {M2: 1})
     await fleet.heartbeat(reg, executable_models=[M])
     record = await fleet.registry.get_node(reg.node_id)
     assert record is not None and (record["executable_models"], record["models"]) == (
         [M],
         [M, M2],
     )
+    assert await fleet.redis.zscore(fleet.keys.models_known, M2) == 1
 
 
 async def test_record_holds_registered_fields_and_no_secret(fleet: Fleet) -> None:

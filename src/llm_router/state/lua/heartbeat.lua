@@ -38,8 +38,10 @@ if fields.models == '' then
 elseif fields.models == nil and s.models == nil and ARGV[4] ~= ''
     and ARGV[4] ~= s.executable_models and s.executable_models then
   -- No installed list sent, and the stored one is the executable set about to change:
-  -- an absent list leaves the stored value as it was, so it is written out now.
+  -- an absent list leaves the stored value as it was, so it is written out now. It was
+  -- that list before this beat too: nothing newly installed to mark known.
   fields.models = s.executable_models
+  before.models = s.executable_models
 end
 local args = {'last_seen', now, 'alive_until', now + alive_ttl}
 for name, value in pairs(fields) do
