@@ -63,8 +63,9 @@ STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-#: Helper files a script needs between ``lib.lua`` and its own file.
-_LIBRARIES: dict[str, tuple[str, ...]] = {"acquire": ("affinity", "fair")}
+#: Helper files a script needs between ``lib.lua`` and its own file, in the order they build
+#: on each other (walk.lua uses both others).
+_LIBRARIES: dict[str, tuple[str, ...]] = {"acquire": ("affinity", "fair", "walk")}
 
 
 def _read(part: str) -> str:
@@ -86,7 +87,8 @@ class FunctionLibrary:
 
 
 def function_library() -> FunctionLibrary:
-    helpers = sorted({"lib", *(h for parts in _LIBRARIES.values() for h in parts)}, key=_order)
+    # In a fixed order (not a set's): the library's digest must be the same in every replica.
+    helpers = list(dict.fromkeys(["lib", *(h for parts in _LIBRARIES.values() for h in parts)]))
     prelude = "\n".join(_read(part) for part in helpers)
     if "local BASE = KEYS[1]\n" not in prelude:
         raise RuntimeError("lib.lua no longer defines BASE from KEYS[1]")
@@ -102,11 +104,6 @@ def function_library() -> FunctionLibrary:
     ]
     source = "\n".join([f"#!lua name=llmr_{digest}", prelude, *bodies, *registrations])
     return FunctionLibrary(source, names)
-
-
-def _order(part: str) -> int:
-    """lib.lua first: the helper libraries build on it."""
-    return 0 if part == "lib" else 1
 
 
 def _text(value: Any) -> str:

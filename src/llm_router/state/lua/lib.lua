@@ -360,23 +360,37 @@ local function exclude_pair(id, model, until_ms, now)
   if not nxt or until_ms < nxt then redis.call('HSET', k_node(id), 'excl_next', until_ms) end
 end
 
--- End one lease: free its slot, let `on_node()` record what the attempt left (exclusions,
--- refusals, a response id) if the node still exists, bring the node's raised entries down
--- to its new real score and wake replicas queued on its models (each model once per
--- script call: `woken` is shared by the caller). Returns the node's in-flight count.
+-- End one lease: free its slot, let `on_node(id, now, what)` record what the attempt left
+-- (exclusions, refusals, a response id) if the node still exists (nil: nothing to record),
+-- bring the node's raised entries down to its new real score and wake replicas queued on
+-- its models (each model once per script call: `woken` is shared by the caller). Returns
+-- the node's in-flight count.
 -- Leases past their deadline are only counted out here, not removed: every raised entry is
 -- rewritten from the live count anyway, and the node's next heartbeat (or a walk that looks
 -- at it) prunes them. One ZCOUNT instead of ZREMRANGEBYSCORE and ZCARD on every release.
-local function end_lease(id, lease_id, now, woken, on_node)
+local function end_lease(id, lease_id, now, woken, on_node, what)
   local key = k_leases(id)
   redis.call('ZREM', key, lease_id)
   local inflight = redis.call('ZCOUNT', key, '(' .. now, '+inf')
   local maxc = redis.call('HGET', k_node(id), 'max_concurrency')
   if not maxc then return inflight end  -- the node was removed meanwhile
-  on_node()
+  if on_node then on_node(id, now, what) end
   rescore_raised(id, inflight, maxc)
   wake_for_node(id, woken)
   return inflight
+end
+
+-- What release.lua records of an ended attempt (`a`: exclude, cooldown, refused,
+-- response_id, response_model, response_ttl), at library scope so that a release builds no
+-- closure per lease; most releases have nothing to record and pass none.
+local function record_attempt(id, now, a)
+  if a.exclude ~= '' then exclude_pair(id, a.exclude, now + a.cooldown, now) end
+  if a.refused ~= '' then cool_down(k_unsupported(id), a.refused, now + a.cooldown, now) end
+  if a.response_id ~= '' then
+    local key = k_response(a.response_id)
+    redis.call('HSET', key, 'node', id, 'model', a.response_model)
+    redis.call('PEXPIRE', key, a.response_ttl)
+  end
 end
 
 local function node_models(id)

@@ -20,17 +20,13 @@ local out = {}
 local woken = {}
 for k = 0, tonumber(ARGV[1]) - 1 do
   local at = 3 + 7 * k
-  local id, lease_id = ARGV[at], ARGV[at + 1]
-  local exclude, cooldown, refused = ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
-  local response_id, response_model = ARGV[at + 5], ARGV[at + 6]
-  out[#out + 1] = end_lease(id, lease_id, now, woken, function()
-    if exclude ~= '' then exclude_pair(id, exclude, now + cooldown, now) end
-    if refused ~= '' then cool_down(k_unsupported(id), refused, now + cooldown, now) end
-    if response_id ~= '' then
-      local key = k_response(response_id)
-      redis.call('HSET', key, 'node', id, 'model', response_model)
-      redis.call('PEXPIRE', key, response_ttl)
-    end
-  end)
+  local exclude, refused, response_id = ARGV[at + 2], ARGV[at + 4], ARGV[at + 5]
+  local on_node, what = nil, nil
+  if exclude ~= '' or refused ~= '' or response_id ~= '' then
+    on_node, what = record_attempt, {exclude = exclude, cooldown = tonumber(ARGV[at + 3]),
+      refused = refused, response_id = response_id, response_model = ARGV[at + 6],
+      response_ttl = response_ttl}
+  end
+  out[#out + 1] = end_lease(ARGV[at], ARGV[at + 1], now, woken, on_node, what)
 end
 return out
