@@ -147,6 +147,28 @@ async def test_rotation_spreads_picks_among_equal_nodes(fleet: Fleet) -> None:
     assert max(picks.values()) - min(picks.values()) <= 1
 
 
+async def test_the_walk_goes_past_tied_entries_that_sit_below_their_nodes_real_load(
+    fleet: Fleet,
+) -> None:
+    # Five equal nodes, four of them busier than their entries say (leases written behind
+    # the index's back): wherever in the tie the rotation starts, the walk reads on past the
+    # first entries until it finds the idle node, and leaves no entry above its real score.
+    regs = [await fleet.register(f"box-{i}", [M], max_concurrency=2) for i in range(5)]
+    busy, idle = regs[:4], regs[4]
+    floor = (await fleet.zmembers(fleet.keys.model_load(M)))[idle.node_id]
+    for reg in busy:
+        await fleet.redis.zadd(fleet.keys.leases(reg.node_id), {"stale": 2**52})
+    for _ in range(5):  # every place in the tie, in rotation
+        lease = await fleet.lease(M)
+        assert lease.node_id == idle.node_id
+        load = await fleet.zmembers(fleet.keys.model_load(M))
+        assert all(load[reg.node_id] <= floor + 500_000 * 1e9 for reg in busy)
+        await fleet.release(lease)
+        for reg in busy:  # back to stale-low entries, all tied again
+            await fleet.redis.zadd(fleet.keys.model_load(M), {reg.node_id: floor})
+            await fleet.redis.delete(fleet.keys.raised(reg.node_id))
+
+
 async def test_expired_lease_is_reclaimed_by_next_acquire(fleet: Fleet) -> None:
     reg = await fleet.register("box-a", [M], max_concurrency=1)
     await fleet.lease(M, lease_ttl_ms=100)

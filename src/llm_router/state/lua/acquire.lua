@@ -46,7 +46,9 @@
 
 local now = now_ms()
 local model = ARGV[1]
-local avoid = decode_list(ARGV[10])
+-- Read only: the common empty list is one shared table, not two new ones per call.
+local avoid = ARGV[10] ~= '' and decode_list(ARGV[10]) or NO_NODES
+local avoided = #avoid > 0 and as_set(avoid) or NO_NODES
 -- Everything the helpers (walk.lua) need of this call, in one table.
 local q = {
   model = model, lease_id = ARGV[2], lease_ttl = tonumber(ARGV[3]), ticket = ARGV[4],
@@ -55,7 +57,7 @@ local q = {
   tenant = ARGV[13] or '', band = tonumber(ARGV[14] or '0') or 0,
   weight = tonumber(ARGV[15] or '1') or 1,
   limited_key = ARGV[16] or '', key_limit = tonumber(ARGV[17] or '0') or 0,
-  avoid = avoid, avoided = as_set(avoid), any_capable = false, any_refusing = false,
+  avoid = avoid, avoided = avoided, any_capable = false, any_refusing = false,
   -- This request's place in the fair order: its stored tag once queued; for a fresh
   -- arrival behind a non-empty queue, the tag it would get (committed only if it queues or
   -- is served). my_start, stored_tag: set below.

@@ -5,6 +5,9 @@
 -- function in it would be a fresh closure (with its upvalues) on every call. What a call
 -- knows is passed as one table, `q` (acquire.lua builds it).
 
+-- An empty list or set that nobody writes to (acquire.lua's "no nodes to avoid").
+local NO_NODES = {}
+
 local function leave_queue(q)
   if q.queued > 0 and redis.call('ZREM', q.qkey, q.ticket) == 1 then
     redis.call('ZREM', q.qalive, q.ticket)
@@ -61,13 +64,14 @@ end
 -- best real score seen wins, or, with no free slot seen, the request waits as if all were
 -- full.
 --
--- Exact ties take turns: the walk starts at one entry of those sharing the lowest stored
--- score, in rotation. In the common case that node is accurate and the walk ends there, so
--- the first fetch takes two entries, not a window: the second says whether the first is
--- tied (then ZCOUNT sizes the tie and the rotation picks its member by rank) and, once the
--- first is found accurate, that nothing further on can beat it. Only a walk that goes on
--- fetches WINDOW more. With entries to skip (this request's failed nodes) the rotation is
--- among the tied ones of the first window, as the ranks no longer line up with the tie.
+-- Exact ties take turns: the walk starts at one of the first WINDOW entries sharing the
+-- lowest stored score, in rotation. In the common case that node is accurate and the walk
+-- ends there, so the first fetch takes two entries with their scores, not a window: the
+-- second says whether the first is tied (then the tie's first WINDOW members are read, ids
+-- only: their score is known) and, once the first is found accurate, that nothing further
+-- on can beat it. Only a walk that goes on fetches a window with scores. With entries to
+-- skip (this request's failed nodes) the first fetch is such a window, the skipped taken
+-- out before the rotation.
 local MAX_LOOKS = 16
 local WINDOW = 8
 
@@ -76,13 +80,9 @@ local function first_entries(q)
   local raw = redis.call('ZRANGE', q.load_key, 0, 1, 'WITHSCORES')
   local ids, scores = {raw[1], raw[3]}, {tonumber(raw[2]), tonumber(raw[4])}
   if #raw == 4 and scores[1] == scores[2] and scores[1] < FULL then
-    local pool = redis.call('ZCOUNT', q.load_key, raw[2], raw[2])
-    local at = redis.call('INCR', k_model_rr(q.model)) % pool
-    if at > 1 then
-      ids[1] = redis.call('ZRANGE', q.load_key, at, at)[1] or ids[1]
-    elseif at == 1 then
-      ids[1], ids[2] = ids[2], ids[1]
-    end
+    local tied = redis.call('ZRANGE', q.load_key, raw[2], raw[2], 'BYSCORE', 'LIMIT', 0, WINDOW)
+    local at = redis.call('INCR', k_model_rr(q.model)) % #tied + 1
+    ids[1], ids[2] = tied[at], tied[at == 1 and 2 or 1]
   end
   return ids, scores, #raw < 4
 end
@@ -90,12 +90,12 @@ end
 -- A later window: the lowest entries not skipped and not seen yet (the walk removes and
 -- rewrites entries as it goes, so it reads from the start again), the rotation among the
 -- tied ones applied on the first fetch only.
-local function window(q, skipped, nskipped, seen, nseen, rotate)
-  local want = WINDOW + nskipped + nseen
+local function window(q, passed, npassed, rotate)
+  local want = WINDOW + npassed
   local raw = redis.call('ZRANGE', q.load_key, 0, want - 1, 'WITHSCORES')
   local ids, scores = {}, {}
   for i = 1, #raw, 2 do
-    if not skipped[raw[i]] and not seen[raw[i]] then
+    if not passed[raw[i]] then
       ids[#ids + 1] = raw[i]
       scores[#ids] = tonumber(raw[i + 1])
     end
@@ -112,22 +112,23 @@ local function window(q, skipped, nskipped, seen, nseen, rotate)
   return ids, scores, #raw < 2 * want
 end
 
+-- `passed`: the entries not to look at again (this request's failed nodes, those declining
+-- its endpoint family, those already looked at), `npassed` how many.
 local function best_candidate(q)
-  local skipped, nskipped = as_set(q.avoid), #q.avoid
-  local seen, nseen = {}, 0
+  local passed, npassed = as_set(q.avoid), #q.avoid
   local best, looks = nil, 0
   local ids, scores, last
-  if nskipped == 0 then
+  if npassed == 0 then
     ids, scores, last = first_entries(q)
   else
-    ids, scores, last = window(q, skipped, nskipped, seen, nseen, true)
+    ids, scores, last = window(q, passed, npassed, true)
   end
   while true do
     local done = false
     for k = 1, #ids do
       local id, stored = ids[k], scores[k]
       if best ~= nil and stored >= best.score then done = true break end
-      if not (skipped[id] or seen[id]) then
+      if not passed[id] then
         looks = looks + 1
         local f = usable(q, id)
         if not f then
@@ -135,19 +136,19 @@ local function best_candidate(q)
         elseif refuses(q, id) then
           -- It declined this endpoint family lately: look past it, but leave the index
           -- alone (its other endpoints still route here).
-          skipped[id], nskipped, q.any_refusing = true, nskipped + 1, true
+          passed[id], npassed, q.any_refusing = true, npassed + 1, true
         else
           q.any_capable = true
           local c = candidate(q, id, f, stored)
           if c.score ~= stored then write_entry(q.model, id, c.util, c.floor) end
-          seen[id], nseen = true, nseen + 1
+          passed[id], npassed = true, npassed + 1
           if best == nil or c.score < best.score then best = c end
         end
         if looks >= MAX_LOOKS then done = true break end
       end
     end
     if done or last then break end
-    ids, scores, last = window(q, skipped, nskipped, seen, nseen, false)
+    ids, scores, last = window(q, passed, npassed, false)
   end
   if best ~= nil and best.score < FULL then return best end
   return nil
