@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -70,41 +70,45 @@ async def _client_left(receive: Receive) -> None:
         pass
 
 
-def _cancel_current_task_when(receive: Receive, *, after_s: float) -> Callable[[], bool]:
-    """Watch (after ``after_s``) for the client leaving and cancel the current task then.
+class DisconnectWatch:
+    """Watch (after ``after_s``) for the client leaving, and cancel the task that made the
+    watch then. One per proxied request: a slotted object rather than closures over a dict,
+    since every request pays for making it."""
 
-    Returns a function that stops watching and says whether the client left.
-    """
-    task = asyncio.current_task()
-    state: dict[str, Any] = {"gone": False, "watcher": None}
+    __slots__ = ("_gone", "_handle", "_receive", "_task", "_watcher")
 
-    async def watch() -> None:
-        await _client_left(receive)
-        state["gone"] = True
-        if task is not None:
-            task.cancel()
+    def __init__(self, receive: Receive, *, after_s: float) -> None:
+        self._task = asyncio.current_task()
+        self._receive = receive
+        self._gone = False
+        self._watcher: asyncio.Future[None] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        if after_s:
+            self._handle = asyncio.get_running_loop().call_later(after_s, self._start)
+        else:
+            self._start()
 
-    def start() -> None:
-        state["watcher"] = asyncio.ensure_future(watch())
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
 
-    handle = asyncio.get_running_loop().call_later(after_s, start) if after_s else None
-    if handle is None:
-        start()
+    async def _watch(self) -> None:
+        await _client_left(self._receive)
+        self._gone = True
+        if self._task is not None:
+            self._task.cancel()
 
-    def stop() -> bool:
-        if handle is not None:
-            handle.cancel()
-        if state["watcher"] is not None:
-            state["watcher"].cancel()
-        return bool(state["gone"])
+    def stop(self) -> bool:
+        """Stop watching; True when the client left."""
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        return self._gone
 
-    return stop
-
-
-def _absorb_our_cancellation(stop_watching: Callable[[], bool]) -> bool:
-    """After a CancelledError: True when it was our watcher's (the client left)."""
-    task = asyncio.current_task()
-    return stop_watching() and task is not None and task.uncancel() == 0
+    def absorb(self) -> bool:
+        """After a CancelledError: True when it was this watch's (the client left)."""
+        task = asyncio.current_task()
+        return self.stop() and task is not None and task.uncancel() == 0
 
 
 def _start_message(reply: ProxyReply) -> Message:
@@ -121,16 +125,16 @@ async def _send_reply(reply: ProxyReply, start: Message, receive: Receive, send:
         return
     # A stream ends when the node ends it or the client leaves, whichever comes first;
     # closing the relay releases the node's lease either way.
-    stop_watching = _cancel_current_task_when(receive, after_s=0)
+    watch = DisconnectWatch(receive, after_s=0)
     try:
         async for chunk in reply.chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
-        if not _absorb_our_cancellation(stop_watching):
+        if not watch.absorb():
             raise
     finally:
-        stop_watching()
+        watch.stop()
         await reply.chunks.aclose()
 
 
@@ -167,17 +171,17 @@ async def _proxy(row: Endpoint, scope: Scope, receive: Receive) -> ProxyReply | 
         affinity=fleet.affinity.for_request(scope["path"], target.model, target.payload, headers),
         tenancy=tenancy,
     )
-    stop_watching = _cancel_current_task_when(receive, after_s=DISCONNECT_WATCH_AFTER_S)
+    watch = DisconnectWatch(receive, after_s=DISCONNECT_WATCH_AFTER_S)
     try:
         return await fleet.proxy.forward(call, client_gone=lambda: _client_left(receive))
     except asyncio.CancelledError:
-        if _absorb_our_cancellation(stop_watching):
+        if watch.absorb():
             # The proxy freed the lease and closed the upstream connection on its way out;
             # nobody is left to answer.
             return None
         raise
     finally:
-        stop_watching()
+        watch.stop()
 
 
 def _handler_name(path: str) -> str:

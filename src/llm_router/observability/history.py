@@ -97,13 +97,19 @@ class HistoryRecorder(PeriodicFlush):
         fields = self._model_fields.get(model)
         if fields is None:
             fields = self._model_fields[model] = (_REQUESTS + model, _ERRORS + model)
-        names = [fields[0], _LATENCY_FIELDS[bucket_of(total_s)]]
+        # Counted in place, field by field: this runs for every request, and a list of the
+        # names to count would be one more object per request.
+        get = counts.get
+        name = fields[0]
+        counts[name] = get(name, 0) + 1
+        name = _LATENCY_FIELDS[bucket_of(total_s)]
+        counts[name] = get(name, 0) + 1
         if is_error(status, broken):
-            names.append(fields[1])
+            name = fields[1]
+            counts[name] = get(name, 0) + 1
         if ttft_s is not None:
-            names.append(_TTFT_FIELDS[bucket_of(ttft_s)])
-        for name in names:
-            counts[name] = counts.get(name, 0) + 1
+            name = _TTFT_FIELDS[bucket_of(ttft_s)]
+            counts[name] = get(name, 0) + 1
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}

@@ -200,14 +200,15 @@ class Proxy:
         headers = call.headers
         out_headers = {h: headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in headers}
         out_headers["x-request-id"] = call.request_id
-        want = Want(family=call.endpoint.family, response_id=call.response_id)
-        evidence = _Evidence(call.target, call.body, tried=[])
+        want = _want_of(call)
+        # Made at the first failure: a request answered at once never needs one.
+        evidence: _Evidence | None = None
         last_error: RouterError | None = None
         # A node's own answer (busy, or "does not do that"), passed on if nobody else can.
         own_answer: tuple[int, bytes, dict[str, str]] | None = None
         try:
             for _attempt in range(self._config.max_attempts):
-                if evidence.tried:
+                if evidence is not None and evidence.tried:
                     want = dataclasses.replace(want, avoid=tuple(evidence.tried))
                 try:
                     lease = await self._dispatcher.acquire(
@@ -235,6 +236,8 @@ class Proxy:
                     last_error = failed.error
                     if isinstance(failed.error, _NodeAnswer):
                         own_answer = failed.error.response
+                    if evidence is None:
+                        evidence = _Evidence(call.target, call.body, tried=[])
                     excluded = await self._report(lease, call, failed, evidence)
                     self._observer.failed_attempt(trace, excluded=excluded)
                     log.info(
@@ -303,9 +306,9 @@ class Proxy:
             evidence.standing = lease.node_id if evidence.answers_failed == 1 else ""
         return await self._dispatcher.release_failed(lease, report)
 
-    async def _withdraw(self, model: str, evidence: _Evidence) -> None:
+    async def _withdraw(self, model: str, evidence: _Evidence | None) -> None:
         """The request failed everywhere it went: its failure was the request's problem."""
-        if evidence.standing:
+        if evidence is not None and evidence.standing:
             report = FailureReport(
                 model=model,
                 exclude_now=False,
@@ -507,6 +510,20 @@ class Proxy:
             # "moved:full" → "moved": the cause is for operators (decisions, metrics).
             headers[AFFINITY_HEADER] = lease.affinity.partition(":")[0]
         return headers
+
+
+#: The ``Want`` of a request that names no stored response, one per endpoint family: the
+#: same few values on every request, so made once each.
+_WANTS: dict[str, Want] = {}
+
+
+def _want_of(call: Call) -> Want:
+    if call.response_id:
+        return Want(family=call.endpoint.family, response_id=call.response_id)
+    want = _WANTS.get(call.endpoint.family)
+    if want is None:
+        want = _WANTS[call.endpoint.family] = Want(family=call.endpoint.family)
+    return want
 
 
 def _recording(lease: Lease, response_id: str, model: str) -> Ending:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from llm_router.errors import (
     ClientClosedRequest,
@@ -45,6 +46,9 @@ from llm_router.state.scripts import (
 from llm_router.tenancy import DEFAULT_TENANCY, Tenancy
 
 log = logging.getLogger(__name__)
+
+#: Node addresses whose origin and credential are kept (see ``Dispatcher._reached``).
+_REACH_MAX = 20_000
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class Dispatcher:
         self._events = events
         self._limits = limits
         self._leases: dict[str, str] = {}
+        self._reach: dict[tuple[str, str, int, str], tuple[str, Mapping[str, str]]] = {}
         self._renewer: asyncio.Task[None] | None = None
         # Leases ended but not yet released in Redis, and the flush sending them (one at most).
         self._ending: list[Ending] = []
@@ -157,19 +162,37 @@ class Dispatcher:
         tenancy: Tenancy = DEFAULT_TENANCY,
         position: int = 0,
     ) -> Lease:
+        address = (granted.scheme, granted.ip_address, granted.port, granted.secret)
+        reached = self._reach.get(address)
+        if reached is None:
+            reached = self._reached(address)
         lease = Lease(
             lease_id=granted.lease_id,
             node_id=granted.node_id,
-            url=f"{granted.scheme}://{_host(granted.ip_address)}:{granted.port}",
+            url=reached[0],
             queued_ms=queued_ms,
             affinity=granted.affinity,
-            node_headers=node_credential(granted.secret),
+            node_headers=reached[1],
             queue_position=position,
             band=tenancy.priority,
             tenant=tenancy.tenant,
         )
         self._leases[lease.lease_id] = lease.node_id
         return lease
+
+    def _reached(self, address: tuple[str, str, int, str]) -> tuple[str, Mapping[str, str]]:
+        """A node's origin and credential header, built once per (address, secret) rather
+        than per lease; the table is emptied when it outgrows any fleet (moved and
+        re-keyed nodes leave old entries behind)."""
+        if len(self._reach) >= _REACH_MAX:
+            self._reach.clear()
+        scheme, ip, port, secret = address
+        reached = (
+            f"{scheme}://{_host(ip)}:{port}",
+            MappingProxyType(dict(node_credential(secret))),
+        )
+        self._reach[address] = reached
+        return reached
 
     def _refusal(self, model: str, refused: Refused, want: Want) -> RouterError:
         if refused.reason == "response_gone":
