@@ -9,6 +9,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
+from llm_router.observability.metrics import HistogramChild
 from llm_router.observability.router_metrics import RouterMetrics
 from llm_router.state.keys import Keys
 from llm_router.state.multiplex import MultiplexedRedis
@@ -26,6 +27,9 @@ class TimedScripts(FleetScripts):
         super().__init__(redis, keys, fast)
         self._seconds = metrics.redis_seconds
         self._errors = metrics.redis_errors
+        #: Each script's histogram child, resolved at its first call: a call then observes
+        #: without packing and looking up its label tuple.
+        self._timings: dict[str, HistogramChild] = {}
 
     async def _call(self, name: str, *args: str | int | float) -> Any:
         started = perf_counter()
@@ -35,4 +39,7 @@ class TimedScripts(FleetScripts):
             self._errors.inc(name)
             raise
         finally:
-            self._seconds.observe(perf_counter() - started, name)
+            timing = self._timings.get(name)
+            if timing is None:
+                timing = self._timings[name] = self._seconds.child(name)
+            timing.observe(perf_counter() - started)
