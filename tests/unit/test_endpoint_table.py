@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llm_router.api.form import form_field, form_parts
-from llm_router.api.request_model import Target, target_of
+from llm_router.api.request_model import Target, body_target, target_of
 from llm_router.errors import InvalidRequest, NotFound, ResponseNotFound, UnsupportedMediaType
 from llm_router.routing.endpoints import (
     ENDPOINTS,
@@ -141,6 +141,10 @@ async def test_target_of_each_model_source() -> None:
     assert await target_of(chat, body, "application/json", "", _no_response) == Target("m")
     upload = form(("model", b"w", None), ("file", b"RIFF", "a.wav"))
     assert await target_of(audio, upload, CT, "", _no_response) == Target("w")
+    # The front path reads a body's target without awaiting: the same answers.
+    assert body_target(responses, body, "application/json") == Target("m", "resp_1")
+    assert body_target(chat, body, "application/json") == Target("m")
+    assert body_target(audio, upload, CT) == Target("w")
 
     with pytest.raises(InvalidRequest) as caught:
         await target_of(

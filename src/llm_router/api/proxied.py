@@ -23,7 +23,7 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_router.api.error_reply import error_reply
-from llm_router.api.request_model import target_of
+from llm_router.api.request_model import body_target, target_of
 from llm_router.asgi_util import BodyTooLarge as BodyOverLimit
 from llm_router.asgi_util import ClientGone, read_body
 from llm_router.auth import Scope as AuthScope
@@ -152,13 +152,13 @@ async def _proxy(row: Endpoint, scope: Scope, receive: Receive) -> ProxyReply | 
     await guard.admit(principal)
     tenancy = (principal.tenancy if principal else DEFAULT_TENANCY).for_request(headers)
     body = await _read_body(receive, fleet.settings.max_body_bytes)
-    target = await target_of(
-        row,
-        body,
-        headers.get("content-type", ""),
-        _path_id(row, scope["path"]),
-        fleet.model_of_response,
-    )
+    content_type = headers.get("content-type", "")
+    if row.model_from is ModelFrom.RESPONSE_ID:
+        target = await target_of(
+            row, body, content_type, _path_id(row, scope["path"]), fleet.model_of_response
+        )
+    else:
+        target = body_target(row, body, content_type)
     query = scope.get("query_string", b"")
     call = Call(
         endpoint=row,
