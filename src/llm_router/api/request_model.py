@@ -22,7 +22,8 @@ from llm_router.routing.endpoints import Endpoint, ModelFrom
 _RESPONSE_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")
 
 
-@dataclass(frozen=True)
+# Read-only like the proxy's ``Call``, and not frozen for the same reason.
+@dataclass(slots=True)
 class Target:
     model: str
     response_id: str = ""  # route to the node holding this stored response

@@ -112,7 +112,8 @@ class ProxyConfig:
     node_ssl: ssl.SSLContext | None = None
 
 
-@dataclass(frozen=True)
+# Read-only like ``Call``, and not frozen for the same reason.
+@dataclass(slots=True)
 class ProxyReply:
     """What goes back to the client: a whole body, or SSE chunks to relay as they come.
 
@@ -125,7 +126,9 @@ class ProxyReply:
     chunks: AsyncGenerator[bytes, None] | None = None
 
 
-@dataclass(frozen=True)
+# Not frozen: one is made per request, and a frozen dataclass sets each field through
+# ``object.__setattr__`` (measured: 3-4x the cost of a plain one). Treat it as read-only.
+@dataclass(slots=True)
 class Call:
     """One client request as the proxy needs it."""
 

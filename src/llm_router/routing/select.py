@@ -77,7 +77,8 @@ class Want:
 ANY = Want()
 
 
-@dataclass(frozen=True)
+# Read-only like ``proxy.Call``, and not frozen for the same reason.
+@dataclass(slots=True)
 class Lease:
     lease_id: str
     node_id: str
