@@ -61,3 +61,18 @@ async def test_leases_ended_during_a_release_go_out_together_next() -> None:
     dispatcher.release_soon(held(dispatcher, "f"))
     await dispatcher.stop()
     assert calls[-1] == ["f"]
+
+
+async def test_a_release_leaves_in_the_loop_turn_after_the_one_that_ended_it() -> None:
+    fleet = Fleet.build(RouterSettings(auth_disabled=True), open_store(None))
+    dispatcher = fleet.dispatcher
+    gate, called = asyncio.Event(), asyncio.Event()
+    calls = recording(dispatcher, gate, called)
+    gate.set()
+
+    dispatcher.release_soon(held(dispatcher, "a"))
+    dispatcher.release_soon(held(dispatcher, "b"))
+    await asyncio.sleep(0)  # one turn: the flush's first step has run, and called Redis
+    assert calls == [["a", "b"]]
+    await dispatcher.stop()
+    assert dispatcher.held == 0
