@@ -18,6 +18,7 @@ from typing import Any, Literal
 from llm_router.errors import Forbidden, StateStoreUnavailable
 from llm_router.gpu import GpuBackend, infer_gpu_backend
 from llm_router.protocol import HeartbeatRequest, NodeStatus, RegisterRequest, RuntimeStatus
+from llm_router.state.beat_split import split_beat
 from llm_router.state.keys import Keys
 from llm_router.state.scripts import STORE_DOWN_ERRORS, FleetScripts, ModelEntry, ModelList
 
@@ -60,6 +61,11 @@ _HIDDEN_FIELDS = frozenset(
         "excl_next",
         # The liveness deadline, copied from nodes:alive for the request path's one read.
         "alive_until",
+        # The last beat's display metrics (decoded into the record's own fields) and the
+        # digest of its routing state, stamped with the last_seen written with it and the token.
+        "metrics",
+        "metrics_kept",
+        "state_digest",
     }
 )
 
@@ -125,6 +131,17 @@ def _decode_field(name: str, raw: str) -> Any:
     except ValueError:
         return raw
     return raw
+
+
+def _packed(raw: str | None) -> dict[str, str]:
+    """A JSON object of stored strings (the metrics fields), {} when absent or unreadable."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -248,10 +265,13 @@ class NodeRegistry:
             executable = list(dict.fromkeys(beat.executable_models))
             if installed == executable:
                 fields["models"] = ""  # one copy: the executable set (see register)
+        split = split_beat({k: _encode(v) for k, v in fields.items()}, executable)
         return await self._scripts.heartbeat(
             node_id=beat.node_id,
             token_hash=hash_token(token),
-            fields={k: _encode(v) for k, v in fields.items()},
+            fields=split.fields,
+            metrics=split.metrics,
+            digest=split.digest,
             executable_models=executable,
             models=installed,
             alive_ttl_ms=self._timing.alive_ttl_ms,
@@ -321,6 +341,22 @@ class NodeRegistry:
             records.append(self._record(fields, deadline, in_flight, excluded, now_ms))
         return records
 
+    @staticmethod
+    def _fields(raw: dict[Any, Any]) -> dict[str, str]:
+        """The node hash as strings, the metrics fields laid out as the fields they hold.
+
+        The metrics (over those kept from earlier beats) are the newest values when the
+        digest's stamp is the stored last_seen (the heartbeat script wrote both); otherwise
+        a writer that stores each metric as its own field (an older replica's script) came
+        last, and its fields win.
+        """
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        metrics = {**_packed(fields.get("metrics_kept")), **_packed(fields.get("metrics"))}
+        stamp = fields.get("state_digest", "").split("@")
+        if len(stamp) > 1 and stamp[1] == fields.get("last_seen"):
+            return {**fields, **metrics}
+        return {**metrics, **fields}
+
     def _record(
         self,
         fields: dict[Any, Any],
@@ -330,11 +366,9 @@ class NodeRegistry:
         now_ms: int,
     ) -> dict[str, Any]:
         record: dict[str, Any] = {}
-        for key, value in fields.items():
-            name = key.decode() if isinstance(key, bytes) else key
+        for name, text in self._fields(fields).items():
             if name in _HIDDEN_FIELDS:
                 continue
-            text = value.decode() if isinstance(value, bytes) else value
             record[name] = _decode_field(name, text)
         record.setdefault("executable_models", [])
         # No installed list stored: it is the executable one (kept once, not twice).

@@ -366,7 +366,11 @@ class FleetScripts:
         executable_models: Sequence[str] | None,
         models: Sequence[str] | None,
         alive_ttl_ms: int,
+        metrics: str = "{}",
+        digest: str = "",
     ) -> Literal["ok", "not_found", "unauthorized"]:
+        """``fields`` are the routing fields, ``metrics`` the display ones packed as one
+        JSON object, ``digest`` that of the routing state ("": always apply the fields)."""
         result = await self._call(
             "heartbeat",
             node_id,
@@ -375,6 +379,8 @@ class FleetScripts:
             "" if executable_models is None else json.dumps(list(executable_models)),
             "" if models is None else json.dumps(list(models)),
             alive_ttl_ms,
+            digest,
+            metrics,
         )
         status = _text(result[0])
         assert status in ("ok", "not_found", "unauthorized")
