@@ -391,17 +391,26 @@ def _axis_models(index: int, per_node: int, flip: int = 0) -> list[str]:
     return [MODEL, *others]
 
 
+#: What the harness itself sends between measurements, left out of commands per call.
+_NOT_INSIDE = frozenset({*SCRIPT_COMMANDS, "config|resetstat", "info", "config"})
+
+
 async def _measure_scripts(
     redis: Redis, call: Callable[[int], Awaitable[object]], calls: int, budget_s: float
-) -> float:
+) -> tuple[float, float]:
+    """Server µs per script call, and the commands each one ran inside."""
     await redis.config_resetstat()
     deadline = time.perf_counter() + budget_s
     for i in range(calls):
         if time.perf_counter() > deadline:
             break
         await call(i)
-    n, usec = script_totals(await commandstats(redis))
-    return usec / n if n else float("nan")
+    stats = await commandstats(redis)
+    n, usec = script_totals(stats)
+    inner = sum(c for name, (c, _) in stats.items() if name not in _NOT_INSIDE)
+    if not n:
+        return float("nan"), float("nan")
+    return usec / n, inner / n
 
 
 async def _axis_row(
@@ -422,9 +431,11 @@ async def _axis_row(
         )
     after = int((await redis.info("memory"))["used_memory"])
     held: list[tuple[str, str]] = []
-    acquire = await _measure_scripts(redis, _picker(fleet, held), calls, budget_s)
-    release = await _measure_scripts(redis, lambda i: fleet.release(*held[i]), len(held), budget_s)
-    unchanged = await _measure_scripts(
+    acquire, _ = await _measure_scripts(redis, _picker(fleet, held), calls, budget_s)
+    release, _ = await _measure_scripts(
+        redis, lambda i: fleet.release(*held[i]), len(held), budget_s
+    )
+    unchanged, unchanged_cmds = await _measure_scripts(
         redis,
         lambda i: fleet.heartbeat(regs[i % nodes], _axis_models(i % nodes, per_node)),
         calls,
@@ -437,7 +448,10 @@ async def _axis_row(
         flips[j] ^= 1
         await fleet.heartbeat(regs[j], _axis_models(j, per_node, flips[j]))
 
-    changed = await _measure_scripts(redis, flip, calls, budget_s) if per_node > 1 else float("nan")
+    nan = float("nan")
+    changed, changed_cmds = (
+        await _measure_scripts(redis, flip, calls, budget_s) if per_node > 1 else (nan, nan)
+    )
     row = {
         "nodes": nodes,
         "models_per_node": per_node,
@@ -445,12 +459,15 @@ async def _axis_row(
         "release_us": release,
         "heartbeat_unchanged_us": unchanged,
         "heartbeat_one_changed_us": changed,
+        "heartbeat_unchanged_commands": unchanged_cmds,
+        "heartbeat_one_changed_commands": changed_cmds,
         "bytes_per_node": (after - before) / nodes,
     }
     print(
         f"  {nodes:>6} nodes x {per_node:>3} models: acquire {acquire:6.1f} µs, "
         f"release {release:6.1f} µs, heartbeat {unchanged:6.1f} µs unchanged / "
-        f"{changed:6.1f} µs one model changed, {row['bytes_per_node']:7.0f} B per node",
+        f"{changed:6.1f} µs one model changed ({unchanged_cmds:.1f} / {changed_cmds:.1f} "
+        f"commands), {row['bytes_per_node']:7.0f} B per node",
         flush=True,
     )
     return row
