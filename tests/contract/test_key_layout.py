@@ -61,6 +61,7 @@ def _possible_keys(keys: Keys, node_ids: list[str], models: list[str]) -> set[st
     for node_id in node_ids:
         out |= {
             keys.node(node_id),
+            keys.node_metrics(node_id),
             keys.leases(node_id),
             keys.excluded(node_id),
             keys.unsupported(node_id),

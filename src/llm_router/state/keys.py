@@ -25,6 +25,11 @@ class Keys:
         """hash: the node record (registration + last heartbeat)."""
         return f"{self.base}node:{node_id}"
 
+    def node_metrics(self, node_id: str) -> str:
+        """string: the node's last heartbeat's display metrics, one JSON object (kept out
+        of the node hash, whose small encoding holds values of at most 64 bytes)."""
+        return f"{self.base}node-metrics:{node_id}"
+
     @property
     def nodes_alive(self) -> str:
         """zset: node id → liveness deadline (ms since epoch, Redis clock)."""

@@ -329,15 +329,18 @@ class NodeRegistry:
         pipe = self._redis.pipeline(transaction=False)
         for node_id in node_ids:
             pipe.hgetall(self._keys.node(node_id))
+            pipe.get(self._keys.node_metrics(node_id))
             pipe.zscore(self._keys.nodes_alive, node_id)
             pipe.zcount(self._keys.leases(node_id), now_ms + 1, "+inf")
             pipe.zrangebyscore(self._keys.excluded(node_id), now_ms + 1, "+inf", withscores=True)
         raw = await self._guard(pipe.execute())
         records = []
         for i, _node_id in enumerate(node_ids):
-            fields, deadline, in_flight, excluded = raw[4 * i : 4 * i + 4]
+            fields, metrics, deadline, in_flight, excluded = raw[5 * i : 5 * i + 5]
             if not fields:
                 continue
+            if metrics is not None:
+                fields = {**fields, "metrics": metrics}
             records.append(self._record(fields, deadline, in_flight, excluded, now_ms))
         return records
 

@@ -12,7 +12,8 @@
 --          from there)
 -- ARGV[6]  liveness TTL (ms)
 -- ARGV[7]  digest of the routing state ARGV[3] and ARGV[4] describe, or "" (always apply)
--- ARGV[8]  the display metrics, one JSON object stored as is (never decoded here)
+-- ARGV[8]  the display metrics, one JSON object stored as is in node-metrics:<id> (never
+--          decoded on the unchanged path)
 -- Returns {"ok", in_flight} | {"ok"} (nothing changed: no count) | {"not_found"} |
 -- {"unauthorized"}
 
@@ -47,7 +48,8 @@ if digest ~= '' and c.state_digest == digest .. '@' .. (c.last_seen or '') .. to
     and (c.excl_next == nil or tonumber(c.excl_next) > now)
     and now - (tonumber(c.known_at or '') or 0) < KNOWN_REFRESH_MS then
   redis.call('HSET', key, 'last_seen', stamp, 'alive_until', now + alive_ttl,
-    'metrics', metrics, 'state_digest', digest .. '@' .. stamp .. token)
+    'state_digest', digest .. '@' .. stamp .. token)
+  redis.call('SET', k_node_metrics(id), metrics)
   redis.call('ZADD', k_alive(), now + alive_ttl, id)
   -- Leases of a dead replica still end here at the latest: one look at the earliest.
   local first = redis.call('ZRANGE', k_leases(id), 0, 0, 'WITHSCORES')[2]
@@ -60,7 +62,8 @@ end
 -- field of its own: metrics_kept holds those (JSON, like metrics), the record lays metrics
 -- over it. The set of metric names is in the digest, so only a full beat can change it.
 local function metrics_to_keep(sent_raw)
-  local shown = hmget_named(key, {'metrics', 'metrics_kept'})
+  local shown = {metrics = redis.call('GET', k_node_metrics(id)) or nil,
+    metrics_kept = redis.call('HGET', key, 'metrics_kept') or nil}
   local ok, sent = pcall(cjson.decode, sent_raw)
   if not ok or type(sent) ~= 'table' then sent = {} end
   local kept, any = {}, false
@@ -100,7 +103,7 @@ elseif fields.models == nil and s.models == nil and ARGV[4] ~= ''
   fields.models = s.executable_models
   before.models = s.executable_models
 end
-local args = {'last_seen', stamp, 'alive_until', now + alive_ttl, 'metrics', metrics}
+local args = {'last_seen', stamp, 'alive_until', now + alive_ttl}
 for name, value in pairs(fields) do
   args[#args + 1] = name
   args[#args + 1] = value
@@ -112,6 +115,7 @@ local executable = nil
 if ARGV[4] ~= '' then executable = ARGV[4] end
 refresh_liveness(id, now, alive_ttl, executable, before, s)
 if recovered then wake_for_node(id, {}) end
+redis.call('SET', k_node_metrics(id), metrics)
 -- Stamped last, once the state it vouches for is all written.
 if digest ~= '' then redis.call('HSET', key, 'state_digest', digest .. '@' .. stamp .. token) end
 -- Leases of a dead replica end here at the latest (and the raised entries come down).

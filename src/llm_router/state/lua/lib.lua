@@ -44,6 +44,7 @@ local function now_us()
 end
 
 local function k_node(id) return BASE .. 'node:' .. id end
+local function k_node_metrics(id) return BASE .. 'node-metrics:' .. id end
 local function k_alive() return BASE .. 'nodes:alive' end
 local function k_index() return BASE .. 'nodes:index' end
 local function k_drained() return BASE .. 'nodes:drained' end
@@ -629,7 +630,7 @@ local function forget_node(id)
     end
   end
   redis.call('ZREM', k_alive(), id)
-  redis.call('DEL', key, k_excluded(id), k_unsupported(id), k_raised(id))
+  redis.call('DEL', key, k_excluded(id), k_unsupported(id), k_raised(id), k_node_metrics(id))
   -- The sweep's mark means nothing without nodes: it goes with the last one.
   if redis.call('EXISTS', k_alive()) == 0 then redis.call('DEL', k_swept()) end
 end
