@@ -191,3 +191,15 @@ async def test_the_replicas_bands_are_the_scripts(fleet: Fleet) -> None:
         assert await fleet.heartbeat(reg, runtime_load=load) == "ok"
         floor = int(float(await _hget(fleet, reg.node_id, "floor_base") or "-1"))
         assert floor // 10**7 % 10 == runtime_pressure(load)
+
+
+async def test_a_replica_that_expects_no_change_falls_back_to_the_full_beat(fleet: Fleet) -> None:
+    reg = await _registered(fleet)
+    assert await fleet.heartbeat(reg, **FULL) == "ok"  # this replica now expects FULL's digest
+    other = fleet.with_timing()  # a second replica on the same store
+    assert await fleet.heartbeat(reg, registry=other, **{**FULL, "max_concurrency": 8}) == "ok"
+    # The first replica's light call finds another digest stored: it sends the whole beat.
+    assert await fleet.heartbeat(reg, **FULL) == "ok"
+    record = await fleet.registry.get_node(reg.node_id)
+    assert record is not None and record["max_concurrency"] == 4
+    assert await _score(fleet, reg.node_id, A) is not None

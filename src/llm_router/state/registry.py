@@ -71,6 +71,8 @@ _HIDDEN_FIELDS = frozenset(
 
 
 _TOKEN_BYTES = 32
+#: Nodes whose last digest a replica remembers (≈ 100 B each).
+_DIGESTS_HELD = 100_000
 #: What ``new_token`` and the register script's ids look like: anything else is refused
 #: without a Redis round trip (a forged heartbeat should cost the fleet nothing).
 _TOKEN_RE = re.compile(r"^nt_[A-Za-z0-9_-]{43}$")
@@ -171,6 +173,8 @@ class NodeRegistry:
         self._timing = timing
         self._models: ModelList | None = None
         self._models_refresh = asyncio.Lock()
+        #: node id -> the routing-state digest of the last beat this replica applied for it.
+        self._digests: dict[str, str] = {}
 
     async def register(
         self,
@@ -266,16 +270,32 @@ class NodeRegistry:
             if installed == executable:
                 fields["models"] = ""  # one copy: the executable set (see register)
         split = split_beat({k: _encode(v) for k, v in fields.items()}, executable)
-        return await self._scripts.heartbeat(
-            node_id=beat.node_id,
-            token_hash=hash_token(token),
-            fields=split.fields,
-            metrics=split.metrics,
-            digest=split.digest,
-            executable_models=executable,
-            models=installed,
-            alive_ttl_ms=self._timing.alive_ttl_ms,
-        )
+        # The lists are most of a beat's bytes: when this replica last sent the same digest
+        # for the node, a light call tries the unchanged beat without them.
+        light = self._digests.get(beat.node_id) == split.digest
+        while True:
+            outcome = await self._scripts.heartbeat(
+                node_id=beat.node_id,
+                token_hash=hash_token(token),
+                fields=split.fields,
+                metrics=split.metrics,
+                digest=split.digest,
+                executable_models=executable,
+                models=installed,
+                alive_ttl_ms=self._timing.alive_ttl_ms,
+                light=light,
+            )
+            if outcome != "full":
+                break
+            light = False
+        if outcome == "ok":
+            self._remember(beat.node_id, split.digest)
+        return outcome
+
+    def _remember(self, node_id: str, digest: str) -> None:
+        if len(self._digests) >= _DIGESTS_HELD and node_id not in self._digests:
+            self._digests.clear()  # a hint only: forgetting costs one full call per node
+        self._digests[node_id] = digest
 
     async def deregister(
         self, node_id: str, token: str | None = None

@@ -368,22 +368,28 @@ class FleetScripts:
         alive_ttl_ms: int,
         metrics: str = "{}",
         digest: str = "",
-    ) -> Literal["ok", "not_found", "unauthorized"]:
+        light: bool = False,
+    ) -> Literal["ok", "not_found", "unauthorized", "full"]:
         """``fields`` are the routing fields, ``metrics`` the display ones packed as one
-        JSON object, ``digest`` that of the routing state ("": always apply the fields)."""
+        JSON object, ``digest`` that of the routing state ("": always apply the fields).
+
+        ``light`` sends neither the fields nor the lists: the script applies the beat only if
+        it changes nothing, and answers "full" otherwise (then call again without it).
+        """
         result = await self._call(
             "heartbeat",
             node_id,
             token_hash,
-            json.dumps(fields),
-            "" if executable_models is None else json.dumps(list(executable_models)),
-            "" if models is None else json.dumps(list(models)),
+            "" if light else json.dumps(fields),
+            "" if light or executable_models is None else json.dumps(list(executable_models)),
+            "" if light or models is None else json.dumps(list(models)),
             alive_ttl_ms,
             digest,
             metrics,
+            "1" if light else "",
         )
         status = _text(result[0])
-        assert status in ("ok", "not_found", "unauthorized")
+        assert status in ("ok", "not_found", "unauthorized", "full")
         return status  # type: ignore[return-value]
 
     async def deregister(

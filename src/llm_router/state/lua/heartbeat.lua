@@ -14,6 +14,9 @@
 -- ARGV[7]  digest of the routing state ARGV[3] and ARGV[4] describe, or "" (always apply)
 -- ARGV[8]  the display metrics, one JSON object stored as is in node-metrics:<id> (never
 --          decoded on the unchanged path)
+-- ARGV[9]  "1": a light call, ARGV[3] and ARGV[4] left empty (the replica expects the digest
+--          to match): anything but the unchanged beat answers {"full"}, nothing written, and
+--          the replica calls again with every argument
 -- Returns {"ok", in_flight} | {"ok"} (nothing changed: no count) | {"not_found"} |
 -- {"unauthorized"}
 
@@ -57,6 +60,7 @@ if digest ~= '' and c.state_digest == digest .. '@' .. (c.last_seen or '') .. to
   if now % UNCHANGED_SWEEP_PACE == 0 then sweep_lapsed(now, SWEEP_BATCH) end
   return {'ok'}
 end
+if ARGV[9] == '1' then return {'full'} end
 
 -- A metric a beat no longer carries keeps its last value, as it would if every metric had a
 -- field of its own: metrics_kept holds those (JSON, like metrics), the record lays metrics
