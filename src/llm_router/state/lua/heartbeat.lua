@@ -17,8 +17,8 @@
 -- ARGV[9]  "1": a light call, ARGV[3] and ARGV[4] left empty (the replica expects the digest
 --          to match): anything but the unchanged beat answers {"full"}, nothing written, and
 --          the replica calls again with every argument
--- Returns {"ok", in_flight} | {"ok"} (nothing changed: no count) | {"not_found"} |
--- {"unauthorized"}
+-- Returns {"ok", in_flight} | {"ok"} (nothing changed: no count) | {"full"} (ARGV[9]) |
+-- {"not_found"} | {"unauthorized"}
 
 local id = ARGV[1]
 local key = k_node(id)
@@ -35,10 +35,10 @@ local UNCHANGED_SWEEP_PACE = 4
 -- with that last_seen by this script alone, under the token presented (its digest's first
 -- characters): a last_seen written since by anything else (an older replica's heartbeat
 -- storing each field itself) or a new token (any registration, of any version) breaks the
--- stamp, and the beat takes the full path. With the stamp intact and the same digest, applying the routing
--- fields again would change nothing, unless time did: a lapsed liveness (the node comes
--- back), a cool-down that ended, a models:known refresh that is due. Those take the full
--- path too.
+-- stamp, and the beat takes the full path. With the stamp intact and the same digest,
+-- applying the routing fields again would change nothing, unless time did: a lapsed
+-- liveness (the node comes back), a cool-down that ended, a models:known refresh that is
+-- due. Those take the full path too.
 local c = hmget_named(key, {'token_hash', 'state_digest', 'last_seen', 'alive_until',
   'excl_next', 'known_at'})
 if not c.token_hash then return {'not_found'} end
