@@ -139,8 +139,15 @@ async def test_a_metric_left_out_keeps_its_last_value(fleet: Fleet) -> None:
         record = await fleet.registry.get_node(reg.node_id)
         assert record is not None
         assert record["gpu_usage"] == 55.0 and record["cpu_usage"] == cpu
+    # A full beat (another capacity) with the same metrics sent: the kept one stays kept.
+    assert await fleet.heartbeat(reg, **{**without, "max_concurrency": 8}) == "ok"
+    record = await fleet.registry.get_node(reg.node_id)
+    assert record is not None and record["gpu_usage"] == 55.0 and record["max_concurrency"] == 8
     assert await fleet.heartbeat(reg, **{**FULL, "gpu_usage": 60.0}) == "ok"
     assert (await fleet.registry.get_node(reg.node_id) or {})["gpu_usage"] == 60.0
+    assert await fleet.heartbeat(reg, **{**FULL, "gpu_usage": 61.0, "max_concurrency": 2}) == "ok"
+    assert (await fleet.registry.get_node(reg.node_id) or {})["gpu_usage"] == 61.0
+    assert await _hget(fleet, reg.node_id, "metrics_kept") is None
 
 
 async def test_an_older_replicas_beat_in_between_is_not_skipped_over(fleet: Fleet) -> None:

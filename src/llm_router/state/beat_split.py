@@ -66,6 +66,9 @@ class SplitBeat:
     #: The metrics field's value: a JSON object of the display fields' stored strings.
     metrics: str
     digest: str
+    #: A short digest of which metrics are sent: the script reconciles the metrics a beat
+    #: leaves out only when it moved.
+    names: str
 
 
 def _coarse(name: str, value: str) -> int:
@@ -90,4 +93,5 @@ def split_beat(encoded: Mapping[str, str], executable_models: Sequence[str] | No
         fields=fields,
         metrics=json.dumps(metrics, separators=(",", ":")),
         digest=hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(),
+        names=hashlib.blake2b(",".join(sorted(metrics)).encode(), digest_size=4).hexdigest(),
     )

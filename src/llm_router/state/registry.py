@@ -280,6 +280,7 @@ class NodeRegistry:
                 fields=split.fields,
                 metrics=split.metrics,
                 digest=split.digest,
+                names=split.names,
                 executable_models=executable,
                 models=installed,
                 alive_ttl_ms=self._timing.alive_ttl_ms,

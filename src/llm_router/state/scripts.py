@@ -369,9 +369,11 @@ class FleetScripts:
         metrics: str = "{}",
         digest: str = "",
         light: bool = False,
+        names: str = "",
     ) -> Literal["ok", "not_found", "unauthorized", "full"]:
         """``fields`` are the routing fields, ``metrics`` the display ones packed as one
-        JSON object, ``digest`` that of the routing state ("": always apply the fields).
+        JSON object, ``digest`` that of the routing state ("": always apply the fields),
+        ``names`` that of which metrics are sent.
 
         ``light`` sends neither the fields nor the lists: the script applies the beat only if
         it changes nothing, and answers "full" otherwise (then call again without it).
@@ -387,6 +389,7 @@ class FleetScripts:
             digest,
             metrics,
             "1" if light else "",
+            names,
         )
         status = _text(result[0])
         assert status in ("ok", "not_found", "unauthorized", "full")

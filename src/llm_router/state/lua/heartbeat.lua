@@ -17,6 +17,7 @@
 -- ARGV[9]  "1": a light call, ARGV[3] and ARGV[4] left empty (the replica expects the digest
 --          to match): anything but the unchanged beat answers {"full"}, nothing written, and
 --          the replica calls again with every argument
+-- ARGV[10] a short digest of which metrics ARGV[8] holds (part of ARGV[7] too)
 -- Returns {"ok", in_flight} | {"ok"} (nothing changed: no count) | {"full"} (ARGV[9]) |
 -- {"not_found"} | {"unauthorized"}
 
@@ -31,9 +32,9 @@ local metrics = ARGV[8] or '{}'
 -- removing dead entries; every changed beat and prune still sweep.
 local UNCHANGED_SWEEP_PACE = 4
 
--- The unchanged beat. The stored state_digest is "<digest>@<last_seen>@<token>", written
--- with that last_seen by this script alone, under the token presented (its digest's first
--- characters): a last_seen written since by anything else (an older replica's heartbeat
+-- The unchanged beat. The stored state_digest is "<digest>@<last_seen>@<token>@<names>",
+-- written with that last_seen by this script alone, under the token presented (its digest's
+-- first characters): a last_seen written since by anything else (an older replica's heartbeat
 -- storing each field itself) or a new token (any registration, of any version) breaks the
 -- stamp, and the beat takes the full path. With the stamp intact and the same digest,
 -- applying the routing fields again would change nothing, unless time did: a lapsed
@@ -45,7 +46,7 @@ if not c.token_hash then return {'not_found'} end
 if c.token_hash ~= ARGV[2] then return {'unauthorized'} end
 local now = now_ms()
 local stamp = string.format('%.0f', now)
-local token = '@' .. string.sub(ARGV[2], 1, 16)
+local token = '@' .. string.sub(ARGV[2], 1, 16) .. '@' .. (ARGV[10] or '')
 if digest ~= '' and c.state_digest == digest .. '@' .. (c.last_seen or '') .. token
     and (tonumber(c.alive_until or '') or 0) >= now
     and (c.excl_next == nil or tonumber(c.excl_next) > now)
@@ -64,8 +65,14 @@ if ARGV[9] == '1' then return {'full'} end
 
 -- A metric a beat no longer carries keeps its last value, as it would if every metric had a
 -- field of its own: metrics_kept holds those (JSON, like metrics), the record lays metrics
--- over it. The set of metric names is in the digest, so only a full beat can change it.
+-- over it. The set of metric names is in the digest, so only a full beat can change it, and
+-- one that sends the names the stamp holds leaves metrics_kept as it is: it holds none of
+-- them, and the stored metrics hold just them.
 local function metrics_to_keep(sent_raw)
+  local names = ARGV[10] or ''
+  if names ~= '' and c.state_digest and string.match(c.state_digest, '@([^@]*)$') == names then
+    return
+  end
   local shown = {metrics = redis.call('GET', k_node_metrics(id)) or nil,
     metrics_kept = redis.call('HGET', key, 'metrics_kept') or nil}
   local ok, sent = pcall(cjson.decode, sent_raw)
