@@ -210,3 +210,34 @@ async def test_a_replica_that_expects_no_change_falls_back_to_the_full_beat(flee
     record = await fleet.registry.get_node(reg.node_id)
     assert record is not None and record["max_concurrency"] == 4
     assert await _score(fleet, reg.node_id, A) is not None
+
+
+async def test_the_node_hash_keeps_its_small_encoding(fleet: Fleet, store_kind: str) -> None:
+    """Every value the heartbeat adds to the node hash fits the 64 bytes of a listpack entry:
+    one longer value turns the whole hash into a table (≈ 1.7 KB more per node)."""
+    reg = await fleet.register("small", [A], score=8000)
+    for cpu in (10.0, 11.0):  # a full beat, then an unchanged one
+        assert (
+            await fleet.heartbeat(
+                reg,
+                **{
+                    **FULL,
+                    "cpu_usage": cpu,
+                    "executable_models": [A],
+                    "models": [A],
+                    "loaded_models": [A],
+                },
+            )
+            == "ok"
+        )
+    raw = await fleet.redis.hgetall(fleet.keys.node(reg.node_id))
+    added = {"state_digest", "last_seen", "alive_until"}
+    long = {
+        k: v
+        for k, v in raw.items()
+        if (k.decode() if isinstance(k, bytes) else k) in added and len(v) > 64
+    }
+    assert long == {}
+    if store_kind == "real":
+        encoding = await fleet.redis.object("encoding", fleet.keys.node(reg.node_id))
+        assert encoding in (b"listpack", "listpack", b"ziplist", "ziplist")

@@ -46,7 +46,7 @@ if not c.token_hash then return {'not_found'} end
 if c.token_hash ~= ARGV[2] then return {'unauthorized'} end
 local now = now_ms()
 local stamp = string.format('%.0f', now)
-local token = '@' .. string.sub(ARGV[2], 1, 16) .. '@' .. (ARGV[10] or '')
+local token = '@' .. string.sub(ARGV[2], 1, 8) .. '@' .. (ARGV[10] or '')
 if digest ~= '' and c.state_digest == digest .. '@' .. (c.last_seen or '') .. token
     and (tonumber(c.alive_until or '') or 0) >= now
     and (c.excl_next == nil or tonumber(c.excl_next) > now)
