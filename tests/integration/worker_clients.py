@@ -66,11 +66,22 @@ class Workers:
                 return {r: seen[r] for r in request_ids if r in seen}
             await asyncio.sleep(0.1)
 
+    def _sorted(self, per_worker: int) -> bool:
+        return len(self.clients) == 2 and all(len(c) >= per_worker for c in self.clients.values())
+
     async def sort(self, per_worker: int) -> None:
-        """Open connections until each of the two workers holds ``per_worker`` of them."""
-        for _ in range(12):
-            if len(self.clients) == 2 and all(len(c) >= per_worker for c in self.clients.values()):
-                return
+        """Open connections until each of the two workers holds ``per_worker`` of them.
+
+        The workers share one listening socket and the kernel tends to wake the worker that
+        waited last, so on a lightly loaded router many connections in a row can land on
+        the same worker: keep opening them, for a while rather than a fixed number of times.
+        """
+        deadline = time.monotonic() + 60
+        while not self._sorted(per_worker):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"connections never reached both workers: {list(self.clients)}"
+                )
             batch = [pinned_client() for _ in range(per_worker * 2)]
             self._all += batch
             answers = await asyncio.gather(
@@ -84,7 +95,6 @@ class Workers:
             replicas = await self.replica_of(ids)
             for client, request_id in zip(batch, ids, strict=True):
                 self.clients.setdefault(replicas[request_id], []).append(client)
-        raise AssertionError(f"connections never reached both workers: {list(self.clients)}")
 
     def names(self) -> list[str]:
         return sorted(self.clients)
