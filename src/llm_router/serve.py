@@ -36,6 +36,11 @@ _EMBEDDED_BANNER = """
 """
 
 
+#: How long a retiring worker keeps reading the connections it accepted before it stopped
+#: accepting, before its shutdown closes the idle ones (their requests are in by then).
+RETIRE_GRACE_S = 1.0
+
+
 class _RouterServer(uvicorn.Server):
     """uvicorn, plus: on SIGTERM/SIGINT stop taking work before the connections drain.
 
@@ -51,9 +56,11 @@ class _RouterServer(uvicorn.Server):
         self._fleet = fleet
         self._serving = serving
         self._beat = beat
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        self._loop = asyncio.get_running_loop()
         if not self.started:
             return
         if self._serving:
@@ -64,8 +71,23 @@ class _RouterServer(uvicorn.Server):
     def retire(self) -> None:
         """Leave the port to the other workers (a reload): stop accepting and finish every
         request held, queued ones included. Unlike SIGTERM nothing is refused and
-        readiness never fails: the port stays ready through the others."""
-        self.should_exit = True
+        readiness never fails: the port stays ready through the others.
+
+        uvicorn's shutdown closes every connection that has no request in progress right
+        after it stops accepting, so a connection accepted a moment before, whose request
+        is still in the socket buffer, would be closed unanswered. Retiring stops accepting
+        first and starts the shutdown ``RETIRE_GRACE_S`` later, once such requests are in.
+        """
+        loop = self._loop
+        if loop is None:  # not serving yet: nothing accepted to lose
+            self.should_exit = True
+            return
+        loop.call_soon_threadsafe(self._stop_accepting, loop)
+
+    def _stop_accepting(self, loop: asyncio.AbstractEventLoop) -> None:
+        for server in self.servers:
+            server.close()
+        loop.call_later(RETIRE_GRACE_S, setattr, self, "should_exit", True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._fleet.begin_shutdown()
