@@ -143,9 +143,16 @@ async def test_fleet_cli_reads_queue_and_leases_on_the_cluster(
         return json.loads(out)
 
     async def during() -> tuple[Any, Any]:
-        return await read("queues"), await read("leases")
+        # The waiter was sent 0.3 s before this runs; on a busy machine it may reach the
+        # queue later. The holder holds long enough for a few reads through the CLI.
+        deadline = time.monotonic() + 4.0
+        queues = await read("queues")
+        while sum(q["length"] for q in queues) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            queues = await read("queues")
+        return queues, await read("leases")
 
-    held, waited, _, observed = await hold_and_queue(http, fleet, hold_s=1.5, during=during)
+    held, waited, _, observed = await hold_and_queue(http, fleet, hold_s=6.0, during=during)
     assert held.status_code == waited.status_code == 200
     queues, leases = observed
     (queue,) = queues

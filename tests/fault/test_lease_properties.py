@@ -44,6 +44,11 @@ from llm_router.tenancy import Tenancy
 MODEL = "prop-model"
 TTL_MS = 300  # leases and tickets of a replica that stops renewing die this fast
 _serial = itertools.count()
+#: Which of the held leases or waiting tickets a rule acts on, taken modulo their number.
+#: A draw whose bounds never depend on the state: when a stalled step lets leases expire,
+#: the lists shrink, and a ``sampled_from`` over them would change shape between Hypothesis'
+#: runs of one history (``FlakyStrategyDefinition``).
+PICK = st.integers(0, 1 << 16)
 LIMITED = Tenancy("e", 5, 1, key_id="key-e", max_in_flight=2)
 TENANTS = [
     Tenancy("a", 5, 1),
@@ -172,12 +177,20 @@ class LeaseMachine(RuleBasedStateMachine):
             replica.waiting[ticket] = (result.order, ticket)
             replica.tenancy[ticket] = who
 
-    @precondition(lambda self: any(r.waiting for r in self.replicas))
-    @rule(data=st.data())
-    def retry(self, data: st.DataObject) -> None:
+    def pick_waiting(self, pick: int) -> tuple[Replica, str] | None:
+        """The ``pick``-th of the live replicas' tickets, after they renewed, or None when
+        a stalled step let every one expire."""
         self.renew_all()
-        replica = data.draw(st.sampled_from([r for r in self.replicas if r.waiting]))
-        ticket = data.draw(st.sampled_from(list(replica.waiting)))
+        tickets = [(r, t) for r in self.replicas for t in r.waiting]
+        return tickets[pick % len(tickets)] if tickets else None
+
+    @precondition(lambda self: any(r.waiting for r in self.replicas))
+    @rule(pick=PICK)
+    def retry(self, pick: int) -> None:
+        picked = self.pick_waiting(pick)
+        if picked is None:
+            return
+        replica, ticket = picked
         place = replica.waiting[ticket]
         first = self.first_live_waiter()
         result = self.acquire(ticket, replica.tenancy[ticket])
@@ -189,20 +202,23 @@ class LeaseMachine(RuleBasedStateMachine):
             del replica.waiting[ticket]  # it stepped out of the queue to wait on its key
 
     @precondition(lambda self: any(r.leases for r in self.replicas))
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
+    @rule(pick=PICK)
+    def release(self, pick: int) -> None:
         self.renew_all()
-        replica = data.draw(st.sampled_from([r for r in self.replicas if r.leases]))
-        lease = data.draw(st.sampled_from(list(replica.leases)))
+        leases = [(r, lease) for r in self.replicas for lease in r.leases]
+        if not leases:
+            return
+        replica, lease = leases[pick % len(leases)]
         node = replica.leases.pop(lease)
         self.run(self.scripts.release(node_id=node, lease_id=lease))
 
     @precondition(lambda self: any(r.waiting for r in self.replicas))
-    @rule(data=st.data())
-    def give_up(self, data: st.DataObject) -> None:
-        self.renew_all()
-        replica = data.draw(st.sampled_from([r for r in self.replicas if r.waiting]))
-        ticket = data.draw(st.sampled_from(list(replica.waiting)))
+    @rule(pick=PICK)
+    def give_up(self, pick: int) -> None:
+        picked = self.pick_waiting(pick)
+        if picked is None:
+            return
+        replica, ticket = picked
         del replica.waiting[ticket]
         assert self.run(self.scripts.leave_queue(model=MODEL, ticket=ticket))
 

@@ -87,7 +87,8 @@ def test_keys_created_in_redis_close_the_scopes(redis_url: str, prefix: str, ser
     admin_key = admin.stdout.strip()
     listed = run_cli(*common, "list")
     assert admin_key not in listed.stdout and "ops" in listed.stdout
-    key_id = listed.stdout.splitlines()[1].split()[0]
+    # Rows are ordered by creation second, then id: find the admin key by its name.
+    (key_id,) = [row.split()[0] for row in listed.stdout.splitlines()[1:] if row.endswith(" ops")]
 
     _, url = serve("--key-refresh-s", "0.5")
     assert httpx.get(f"{url}/v0/nodes", timeout=5).status_code == 401

@@ -41,9 +41,11 @@ def workers_of(router: Router) -> dict[str, int]:
 
 
 def pinned_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=30, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    )
+    # httpx drops a connection idle for ``keepalive_expiry`` (5 s by default) and opens a
+    # new one on the next request, which may land on the other worker; sorting and a
+    # test's pauses can take longer than that on a busy machine.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=120)
+    return httpx.AsyncClient(timeout=30, limits=limits)
 
 
 @dataclass
