@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 import pytest
@@ -302,6 +304,42 @@ async def test_a_failed_refresh_keeps_the_last_snapshot(keys: Keys) -> None:
     keyring.replace_managed({digest("m"): ManagedKey(Scope.API, "", 1)})
     assert not await KeyRefresher(ManagedKeyStore(Down(), keys), keyring, 60).refresh()
     assert keyring.check(bearer("m"), Scope.API) is not None
+
+
+async def test_a_refresh_that_hangs_is_bounded_and_a_stale_snapshot_is_said_once(
+    store: Store, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Flaky:
+        """The fleet's Redis, except that while ``stalled`` every call hangs."""
+
+        stalled = False
+
+        async def hgetall(self, name: str) -> dict[bytes, bytes]:
+            if self.stalled:
+                await asyncio.sleep(3600)
+            return await store.redis.hgetall(name)  # type: ignore[no-any-return]
+
+    caplog.set_level(logging.INFO, logger="llm_router.security.managed_keys")
+    link = Flaky()
+    refresher = KeyRefresher(ManagedKeyStore(link, keys), ring(**FULL), period_s=0.05)
+    await refresher.start()
+    try:
+        assert refresher.stale_for_s() is None
+        link.stalled = True
+        started = time.monotonic()
+        assert not await refresher.refresh()  # bounded: not the hour the call would take
+        assert time.monotonic() - started < 5
+        assert not await refresher.refresh()
+        stale = refresher.stale_for_s()
+        assert stale is not None and stale > 3 * 0.05
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "still accepted" in warnings[0].getMessage()
+        link.stalled = False
+        assert await refresher.refresh()
+        assert refresher.stale_for_s() is None
+        assert any("refreshed again" in r.getMessage() for r in caplog.records)
+    finally:
+        await refresher.stop()
 
 
 # --- rate limits ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ closed; the expectations table is the router's access policy in one place.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -246,3 +247,15 @@ async def test_readyz_warns_when_authentication_is_disabled(store: Store) -> Non
         assert "authentication is disabled" in body["warning"]
     async with AsyncTestClient(make_app(open_store(None))) as client:
         assert "warning" not in (await client.get("/readyz")).json()
+
+
+async def test_readyz_warns_while_managed_keys_are_stale() -> None:
+    app = make_app(open_store(None))
+    async with AsyncTestClient(app) as client:
+        assert "warning" not in (await client.get("/readyz")).json()
+        # As if every refresh since start-up had failed: the replica stays ready (routing
+        # works) but says revocations are not reaching it.
+        app.state.guard.refresher._loaded_at = time.monotonic() - 3600
+        body = (await client.get("/readyz")).json()
+        assert body["status"] == "ready"
+        assert "managed keys not refreshed for 3600 s" in body["warning"]

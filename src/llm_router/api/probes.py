@@ -30,6 +30,10 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {"status": "ready", "store": fleet.store.description}
     if fleet.settings.auth_disabled:
         body["warning"] = "authentication is disabled"
+    elif (stale := request.app.state.guard.refresher.stale_for_s()) is not None:
+        # Still ready (a revocation delayed is not an outage), but an operator must know.
+        age = "since start-up" if stale == float("inf") else f"for {stale:.0f} s"
+        body["warning"] = f"managed keys not refreshed {age}: revocations are not enforced"
     return Response(body)
 
 

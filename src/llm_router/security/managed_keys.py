@@ -180,23 +180,56 @@ class ManagedKeyStore:
         return _listing(key_digest, key)
 
 
+#: A snapshot this many refresh periods old is stale: revocations made since are not
+#: enforced here. Said once in the log (and by ``/readyz``), and again when it recovers.
+STALE_AFTER_PERIODS = 3
+
+
 class KeyRefresher:
-    """Keeps a ``KeyRing``'s managed snapshot at most ``period_s`` old."""
+    """Keeps a ``KeyRing``'s managed snapshot at most ``period_s`` old, or says it is not."""
 
     def __init__(self, store: ManagedKeyStore, keyring: KeyRing, period_s: float) -> None:
         self._store = store
         self._keyring = keyring
         self._period_s = period_s
+        # A load that hangs (a Redis stalled up to its socket timeout) must not hold the
+        # next refresh back: each one is bounded by the period, with a floor for slow links.
+        self._timeout_s = max(period_s, 1.0)
+        self._loaded_at: float | None = None
+        self._warned = False
         self._task: asyncio.Task[None] | None = None
+
+    def stale_for_s(self) -> float | None:
+        """How old the snapshot is when it is older than ``STALE_AFTER_PERIODS`` periods
+        (never loaded counts from start-up), else None."""
+        if self._loaded_at is None:
+            return None if self._task is None else float("inf")
+        age = time.monotonic() - self._loaded_at
+        return age if age > STALE_AFTER_PERIODS * self._period_s else None
 
     async def refresh(self) -> bool:
         """Reload once; False (and the old snapshot kept) when Redis did not answer."""
         try:
-            loaded = await self._store.load()
+            loaded = await asyncio.wait_for(self._store.load(), self._timeout_s)
         except Exception as exc:
-            log.debug("managed keys not refreshed: %s", exc)
+            stale = self.stale_for_s()
+            if stale is not None and not self._warned:
+                self._warned = True
+                since = "since start-up" if stale == float("inf") else f"for {stale:.0f} s"
+                log.warning(
+                    "managed keys not refreshed %s (%s): keys revoked since are still "
+                    "accepted by this replica",
+                    since,
+                    exc or type(exc).__name__,
+                )
+            else:
+                log.debug("managed keys not refreshed: %s", exc or type(exc).__name__)
             return False
         self._keyring.replace_managed(loaded)
+        self._loaded_at = time.monotonic()
+        if self._warned:
+            self._warned = False
+            log.info("managed keys refreshed again (%d keys)", len(loaded))
         return True
 
     async def start(self) -> None:
