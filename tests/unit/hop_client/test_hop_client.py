@@ -1,4 +1,5 @@
-"""The node hop's HTTP client against real local servers, on uvloop and on plain asyncio.
+"""The node hop's HTTP client against real local servers, on uvloop and on plain asyncio
+(this folder's ``conftest.py`` runs every test on both loops).
 
 The servers are raw asyncio servers, so each test decides exactly which bytes the node
 sends, when it closes, and how fast it reads.
@@ -14,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from integration.certs import CertAuthority
 from llm_router.routing import hop_client
@@ -33,13 +33,6 @@ from llm_router.routing.hop_client import (
 Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
 Handler = Callable[[Reader, Writer], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
 
 
 class Node:
