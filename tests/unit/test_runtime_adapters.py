@@ -267,15 +267,18 @@ async def test_key_is_sent_on_every_call() -> None:
     def record(body: Any) -> Callable[[httpx.Request], httpx.Response]:
         def answer(request: httpx.Request) -> httpx.Response:
             seen.append((request.url.path, request.headers.get("authorization")))
-            return httpx.Response(200, text=body) if isinstance(body, str) else httpx.Response(
-                200, json=body
+            return (
+                httpx.Response(200, text=body)
+                if isinstance(body, str)
+                else httpx.Response(200, json=body)
             )
 
         return answer
 
     routes = {path: record(body) for path, body in VLLM.items() if path != "/health"}
-    routes["/health"] = lambda r: (seen.append((r.url.path, r.headers.get("authorization")))
-                                   or httpx.Response(200))
+    routes["/health"] = lambda r: (
+        seen.append((r.url.path, r.headers.get("authorization"))) or httpx.Response(200)
+    )
     await read(RuntimeKind.VLLM, routes, api_key=KEY)
     assert {p for p, _ in seen} == {"/health", "/v1/models", "/version", "/metrics"}
     assert all(auth == f"Bearer {KEY}" for _, auth in seen)

@@ -79,8 +79,9 @@ async def test_flag_overrides_the_runtimes_capacity() -> None:
     assert (body["max_concurrency"], body["max_concurrency_source"]) == (7, "flag")
 
 
-@pytest.mark.parametrize(("code", "status"), [(401, "unauthorized"), (503, "loading"),
-                                               (500, "unreachable")])
+@pytest.mark.parametrize(
+    ("code", "status"), [(401, "unauthorized"), (503, "loading"), (500, "unreachable")]
+)
 async def test_a_runtime_that_is_not_ready_advertises_nothing(code: int, status: str) -> None:
     fake = FakeRuntime()
     monitor, state = monitor_for(fake)

@@ -127,4 +127,3 @@ class RuntimeMonitor:
             report.status,
             report.detail,
         )
-

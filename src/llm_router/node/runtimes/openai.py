@@ -32,6 +32,4 @@ class OpenAIAdapter:
             return RuntimeReport.down(exc)
         if self.model_format is not None:
             specs = tuple(ModelSpec(id=s.id, format=self.model_format) for s in specs)
-        return RuntimeReport(
-            RuntimeStatus.READY, models=specs, loaded=tuple(s.id for s in specs)
-        )
+        return RuntimeReport(RuntimeStatus.READY, models=specs, loaded=tuple(s.id for s in specs))
