@@ -25,6 +25,19 @@ from llm_router.node.state import NodeState
 log = logging.getLogger("llm_router.node")
 
 FIRST_RETRY_S = 0.5
+#: The first heartbeat that fails (no answer in time, connection refused) is tried again
+#: this soon, not a whole interval later: with the defaults (a beat every 5 s, offline after
+#: 10 s without one) one lost beat waited out in full would take the node offline. Later
+#: failures in a row wait the interval: a fleet of agents must not hammer a router that is
+#: down, or swamp it the moment it comes back.
+RETRY_FAILED_BEAT_S = 1.0
+
+
+def beat_timeout_s(interval_s: float, control_timeout_s: float) -> float:
+    """How long one heartbeat may wait for its answer: well inside the interval, so that a
+    router replica that stopped answering (its connection held by a hung process) leaves
+    time for a retry on a fresh connection before the node's liveness lapses."""
+    return max(1.0, min(control_timeout_s, interval_s * 0.6))
 
 
 @dataclass(frozen=True)
@@ -159,11 +172,15 @@ class RouterClient:
                 else "unexpected registration reply"
             ) from exc
 
-    async def heartbeat(self, registration: Registration, body: dict[str, Any]) -> int:
+    async def heartbeat(
+        self, registration: Registration, body: dict[str, Any], timeout_s: float | None = None
+    ) -> int:
         response = await self.http.post(
             f"{self.router_url}/v0/health",
             json=body,
             headers={"X-Node-Token": registration.token},
+            # httpx drops a connection whose request timed out, so the retry opens a new one.
+            timeout=timeout_s if timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
         )
         if response.status_code >= 400:
             log.debug("heartbeat answered %s: %s", response.status_code, _error_message(response))
@@ -243,14 +260,21 @@ class Heartbeat:
         assert self.registration is not None
         metrics = await self.read_gpu_metrics() if self.read_gpu_metrics else None
         body = heartbeat_body(self.registration.node_id, self.state, self.load, metrics)
-        status = await self.client.heartbeat(self.registration, body)
+        timeout_s = beat_timeout_s(
+            self.registration.heartbeat_interval_s, self.client.http.timeout.read or 5.0
+        )
+        status = await self.client.heartbeat(self.registration, body, timeout_s)
         self.heartbeats_sent += 1
         return status
 
     async def run(self, stop: asyncio.Event) -> None:
         registration = await self.register_until_accepted(stop)
+        failures = 0  # heartbeats failed in a row
         while registration is not None and not stop.is_set():
-            if await _sleep_or_stop(stop, registration.heartbeat_interval_s):
+            pause = registration.heartbeat_interval_s
+            if failures == 1:
+                pause = min(pause, RETRY_FAILED_BEAT_S)
+            if await _sleep_or_stop(stop, pause):
                 return
             # Every heartbeat carries a fresh reading: a dead runtime leaves routing on the
             # next beat, a returning one comes back on the first beat after it answers.
@@ -259,8 +283,17 @@ class Heartbeat:
             try:
                 status = await self.beat()
             except httpx.HTTPError as exc:
-                log.warning("heartbeat to %s failed: %s", self.client.router_url, exc)
+                failures += 1
+                log.warning(
+                    "heartbeat to %s failed (%s); trying again in %.1fs",
+                    self.client.router_url,
+                    str(exc) or type(exc).__name__,
+                    min(registration.heartbeat_interval_s, RETRY_FAILED_BEAT_S)
+                    if failures == 1
+                    else registration.heartbeat_interval_s,
+                )
                 continue
+            failures = 0
             if status in (401, 404):
                 log.warning("router no longer knows this node (HTTP %s); re-registering", status)
                 registration = await self.register_until_accepted(stop)
