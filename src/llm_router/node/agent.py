@@ -27,8 +27,6 @@ from llm_router.node.state import Inventory, NodeState
 
 log = logging.getLogger("llm_router.node")
 
-CONTROL_TIMEOUT_S = 5.0
-
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
@@ -111,7 +109,7 @@ async def run_agent(
 
     with _stop_on_signals(stop):
         async with httpx.AsyncClient(
-            timeout=CONTROL_TIMEOUT_S, verify=_router_verify(settings)
+            timeout=settings.control_timeout_s, verify=_router_verify(settings)
         ) as http:
             monitor = RuntimeMonitor(
                 state,

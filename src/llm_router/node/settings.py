@@ -80,6 +80,13 @@ class AgentSettings(BaseSettings):
     runtime_timeout_s: float = Field(
         default=600.0, gt=0, description="longest gap a proxied runtime reply may take"
     )
+    control_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="longest wait for the router's answer to a registration or removal, and "
+        "for the runtime's to a probe (a heartbeat waits at most this, and 0.6 of its interval)",
+    )
     log_level: LogLevel = Field(default="info", description="critical, error, warning, info, debug")
     log_format: LogFormat = Field(default="text", description="text, or json (one object a line)")
     tls_cert: Path | None = Field(
