@@ -10,6 +10,8 @@ process stays alive and keeps its connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import signal
@@ -32,6 +34,11 @@ from integration.worker_clients import (
     chat,
     workers_of,
 )
+from llm_router.gpu import GpuBackend
+from llm_router.node.detect import GpuInfo
+from llm_router.node.heartbeat import Heartbeat, RouterClient
+from llm_router.node.settings import NodeSettings
+from llm_router.node.state import Inventory, NodeState
 from llm_router.state.keys import Keys
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -266,3 +273,65 @@ async def test_sighup_to_a_single_process_replica_changes_nothing(fleet: Fleet) 
         assert (await chat(client, router, WIDE)).status_code == 200
     router.proc.process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(router.proc.process.wait, 30) == 0
+
+
+async def test_a_node_whose_heartbeat_connection_is_on_a_hung_worker_stays_online(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent's own heartbeat loop (in this process), its one connection on the worker
+    that then stops, at the default timing (a beat every 5 s, offline after 10 s) and with
+    hang detection off so the worker stays stopped: the beat waits half the interval, is
+    tried again on a fresh connection the other worker takes, and the node never lapses."""
+    router = fleet.cluster.start_router(
+        heartbeat_interval_s=5, node_timeout_s=10, worker_hang_timeout_s=0, **WORKER_FLAGS
+    )
+    fleet.cluster.wait_ready(router, timeout_s=START_S)
+    await asyncio.to_thread(
+        wait_until, lambda: len(workers_of(router)) == 2, START_S, "both workers to serve"
+    )
+    store = aioredis.from_url(fleet.cluster.redis_url)
+    sorted_clients = Workers(router, store, fleet.keys.decisions)
+    state = NodeState(GpuInfo(backend=GpuBackend.CPU), Inventory.build(GpuBackend.CPU, []), "n")
+    settings = NodeSettings(
+        router_url=router.url, runtime_url="http://127.0.0.1:9", machine_name="hop-hung"
+    )
+    stop = asyncio.Event()
+    beating: asyncio.Task[None] | None = None
+    stopped: int | None = None
+    caplog.set_level(logging.WARNING, logger="llm_router.node")
+    try:
+        await sorted_clients.sort(per_worker=1)
+        victim = sorted_clients.names()[0]
+        client = RouterClient(sorted_clients.clients[victim][0], router.url, None)
+        agent = Heartbeat(settings, state, client)
+        beating = asyncio.create_task(agent.run(stop))
+        # Registered and one beat answered, both on the victim's connection.
+        await asyncio.to_thread(
+            wait_until, lambda: agent.heartbeats_sent >= 1, 30, "the agent's first beat"
+        )
+        assert agent.registration is not None
+        node_id = agent.registration.node_id
+        stopped = workers_of(router)[victim]
+        os.kill(stopped, signal.SIGSTOP)
+        # Two beats are due in the next 11 s: the one on the stopped worker, and its retry.
+        seen_beats = agent.heartbeats_sent
+        deadline = asyncio.get_running_loop().time() + 11
+        while asyncio.get_running_loop().time() < deadline:
+            seconds, micros = await store.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            alive_until = await store.zscore(fleet.keys.nodes_alive, node_id)
+            assert alive_until is not None and alive_until > now_ms, (alive_until, now_ms)
+            await asyncio.sleep(0.25)
+        assert agent.heartbeats_sent > seen_beats, "no beat was answered while the worker hung"
+        failed = [r.getMessage() for r in caplog.records if "heartbeat to" in r.getMessage()]
+        assert len(failed) == 1 and "trying again in 0.5s" in failed[0], failed
+    finally:
+        stop.set()
+        if beating is not None:
+            beating.cancel()  # a beat may still be waiting on the stopped worker
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+        if stopped is not None and alive(stopped):
+            os.kill(stopped, signal.SIGCONT)
+        await sorted_clients.close()
+        await store.aclose()

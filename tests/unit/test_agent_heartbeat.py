@@ -83,5 +83,5 @@ async def test_each_beat_waits_for_its_answer_well_inside_the_interval(
     router = Router(failing=set())
     await run_until(router, 1, monkeypatch)
     assert router.beats[0][1] == beat_timeout_s(INTERVAL_S, 5.0) == 1.0
-    assert beat_timeout_s(5.0, 5.0) == 3.0  # the defaults: 3 s of the 5 s interval
+    assert beat_timeout_s(5.0, 5.0) == 2.5  # the defaults: half the 5 s interval
     assert beat_timeout_s(60.0, 5.0) == 5.0  # never longer than the control timeout

@@ -30,14 +30,14 @@ FIRST_RETRY_S = 0.5
 #: 10 s without one) one lost beat waited out in full would take the node offline. Later
 #: failures in a row wait the interval: a fleet of agents must not hammer a router that is
 #: down, or swamp it the moment it comes back.
-RETRY_FAILED_BEAT_S = 1.0
+RETRY_FAILED_BEAT_S = 0.5
 
 
 def beat_timeout_s(interval_s: float, control_timeout_s: float) -> float:
     """How long one heartbeat may wait for its answer: well inside the interval, so that a
     router replica that stopped answering (its connection held by a hung process) leaves
     time for a retry on a fresh connection before the node's liveness lapses."""
-    return max(1.0, min(control_timeout_s, interval_s * 0.6))
+    return max(1.0, min(control_timeout_s, interval_s * 0.5))
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ class AgentSettings(BaseSettings):
         gt=0,
         le=300,
         description="longest wait for the router's answer to a registration or removal, and "
-        "for the runtime's to a probe (a heartbeat waits at most this, and 0.6 of its interval)",
+        "for the runtime's to a probe (a heartbeat waits at most this, and half its interval)",
     )
     log_level: LogLevel = Field(default="info", description="critical, error, warning, info, debug")
     log_format: LogFormat = Field(default="text", description="text, or json (one object a line)")
