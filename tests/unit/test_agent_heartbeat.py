@@ -25,7 +25,6 @@ class Router:
 
     def __init__(self, failing: set[int]) -> None:
         self.failing = failing
-        self.http = httpx.AsyncClient(timeout=5.0)
         self.router_url = "http://router"
         self.beats: list[tuple[float, float | None]] = []  # (when, timeout it was given)
         self.enough = 0
@@ -58,7 +57,6 @@ async def run_until(router: Router, beats: int, monkeypatch: pytest.MonkeyPatch)
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-        await router.http.aclose()
 
 
 async def test_a_failed_beat_is_tried_again_soon_and_a_streak_waits_the_interval(

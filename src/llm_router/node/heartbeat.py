@@ -33,6 +33,11 @@ FIRST_RETRY_S = 0.5
 RETRY_FAILED_BEAT_S = 0.5
 
 
+def pause_before_beat(interval_s: float, failures: int) -> float:
+    """The wait before the next heartbeat, after ``failures`` failed ones in a row."""
+    return min(interval_s, RETRY_FAILED_BEAT_S) if failures == 1 else interval_s
+
+
 def beat_timeout_s(interval_s: float, control_timeout_s: float) -> float:
     """How long one heartbeat may wait for its answer: well inside the interval, so that a
     router replica that stopped answering (its connection held by a hung process) leaves
@@ -261,7 +266,7 @@ class Heartbeat:
         metrics = await self.read_gpu_metrics() if self.read_gpu_metrics else None
         body = heartbeat_body(self.registration.node_id, self.state, self.load, metrics)
         timeout_s = beat_timeout_s(
-            self.registration.heartbeat_interval_s, self.client.http.timeout.read or 5.0
+            self.registration.heartbeat_interval_s, self.settings.control_timeout_s
         )
         status = await self.client.heartbeat(self.registration, body, timeout_s)
         self.heartbeats_sent += 1
@@ -271,9 +276,7 @@ class Heartbeat:
         registration = await self.register_until_accepted(stop)
         failures = 0  # heartbeats failed in a row
         while registration is not None and not stop.is_set():
-            pause = registration.heartbeat_interval_s
-            if failures == 1:
-                pause = min(pause, RETRY_FAILED_BEAT_S)
+            pause = pause_before_beat(registration.heartbeat_interval_s, failures)
             if await _sleep_or_stop(stop, pause):
                 return
             # Every heartbeat carries a fresh reading: a dead runtime leaves routing on the
@@ -288,9 +291,7 @@ class Heartbeat:
                     "heartbeat to %s failed (%s); trying again in %.1fs",
                     self.client.router_url,
                     str(exc) or type(exc).__name__,
-                    min(registration.heartbeat_interval_s, RETRY_FAILED_BEAT_S)
-                    if failures == 1
-                    else registration.heartbeat_interval_s,
+                    pause_before_beat(registration.heartbeat_interval_s, failures),
                 )
                 continue
             failures = 0
